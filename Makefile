@@ -1,0 +1,61 @@
+# qsgw: the README's commands. Every target depends on `setup`, which is
+# idempotent: it installs only what is missing.
+SHELL := /bin/bash
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMPS  := .stamps
+DEB_PACKAGES := wireguard-go wireguard-tools strongswan-charon strongswan-swanctl \
+                libcharon-extra-plugins mosquitto mosquitto-clients iproute2 \
+                iputils-ping openssl python3-venv
+DEMO_SECONDS ?= 60
+PYTEST_ARGS ?=
+
+.PHONY: setup deps venv demo test test-slow lint bench clean
+
+setup: deps venv
+
+# Debian packages: apt-get only when one is missing, so a set-up machine
+# (and a machine without network) goes straight on.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(STAMPS)/venv
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	@[ -x $(PY) ] || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	@touch $@
+
+demo: setup
+	DEMO_SECONDS=$(DEMO_SECONDS) $(PY) -m gateway.demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The slow mode: hypothesis with its long profile (>= 100,000 fuzz examples).
+test-slow: setup
+	QSGW_HYPOTHESIS_PROFILE=slow $(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check gateway kms_client tests bench
+	.venv/bin/mypy
+
+bench: setup
+	@mkdir -p bench/results
+	$(PY) bench/kms.py --save bench/results/kms.json
+	$(PY) bench/handshake.py --save bench/results/handshake.json
+	$(PY) bench/rekey.py --save bench/results/rekey.json
+	@if [ -f bench/ipsec.py ]; then $(PY) bench/ipsec.py --save bench/results/ipsec.json; fi
+
+clean:
+	rm -rf .venv $(STAMPS) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
