@@ -1,0 +1,231 @@
+"""The gateway daemon: config in, one session per peer, control and status servers.
+
+SIGTERM stops cleanly (tunnels keep their last key unless `on_shutdown: block`);
+SIGHUP reloads the config and applies the difference peer by peer, leaving the
+unchanged peers untouched; under systemd it sends READY and WATCHDOG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from kms_client import KmeClient, KmeEndpoint, SaeCredentials
+
+from gateway.config import ConfigError, GatewayConfig, PeerConfig, diff_peers, load_config
+from gateway.identity import LocalIdentity
+from gateway.journal import Journal
+from gateway.telemetry import Telemetry
+
+from .context import DaemonContext
+from .control import ControlServer, resolve_host
+from .drivers import make_driver
+from .keysupply import KeySupply
+from .sdnotify import SystemdNotifier
+from .session import PeerSession
+from .status import StatusServer
+from .telemetry_setup import build_telemetry
+
+log = logging.getLogger("qsgw.daemon")
+
+POOL_CHECK_INTERVAL_S = 30.0
+
+
+def is_initiator(gateway_id: str, peer: PeerConfig) -> bool:
+    if peer.role == "initiator":
+        return True
+    if peer.role == "responder":
+        return False
+    return gateway_id < peer.id  # `auto`: the lower gateway ID initiates
+
+
+class GatewayDaemon:
+    def __init__(self, config_path: Path, config: GatewayConfig) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.sessions: dict[str, PeerSession] = {}
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._notifier = SystemdNotifier()
+        self._control: ControlServer | None = None
+        self._status: StatusServer | None = None
+        self._client: KmeClient | None = None
+        self._journal: Journal | None = None
+        self._telemetry: Telemetry | None = None
+        self._ctx: DaemonContext | None = None
+        self._allowed: set[str] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._peer_docs: dict[str, dict[str, Any]] = {}
+        self.reloads = 0
+
+    # ------------------------------------------------------------------ setup
+
+    def _make_client(self, config: GatewayConfig) -> KmeClient:
+        kme = config.kme
+        endpoints = [
+            KmeEndpoint(url=e.url, kme_id=e.kme_id, ca_file=Path(e.ca_file or kme.ca_file))
+            for e in kme.endpoints
+        ]
+        creds = SaeCredentials(sae_id=kme.sae_id, cert_file=Path(kme.cert_file),
+                               key_file=Path(kme.key_file))
+        return KmeClient(endpoints, creds, timeout=kme.timeout_s)
+
+    async def start(self) -> None:
+        cfg = self.config
+        state_dir = Path(cfg.gateway.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        identity = LocalIdentity.load(Path(cfg.gateway.identity_dir))
+        self._journal = Journal(state_dir / "journal.db")
+        self._telemetry = build_telemetry(cfg, identity)
+        await self._telemetry.start()
+        self._client = self._make_client(cfg)
+        keys = KeySupply(self._client, self._journal, self._telemetry,
+                         cfg.kme.endpoints[0].kme_id, cfg.kme.dec_keys_deadline_s)
+        self._ctx = DaemonContext(cfg, identity, self._journal, keys, self._telemetry)
+        self._refresh_allowed()
+        self._control = ControlServer(
+            cfg.control.listen.host, cfg.control.listen.port, cfg.control.max_frame_bytes,
+            cfg.control.rate_limit_per_s, self.sessions.get, lambda: self._allowed)
+        await self._control.start()
+        for peer in cfg.peers:
+            await self._add_peer(peer)
+        self._status = StatusServer(Path(cfg.gateway.status_socket), self.status_document)
+        await self._status.start()
+        self._background.append(asyncio.create_task(self._refresh_peer_docs()))
+        self._background.append(asyncio.create_task(self._pool_watch()))
+        if self._notifier.watchdog_interval_s:
+            self._background.append(asyncio.create_task(self._watchdog()))
+        self._notifier.ready(f"{len(self.sessions)} peers")
+        log.info("gateway %s running: %d peers, control on %s:%d", cfg.gateway.id,
+                 len(self.sessions), cfg.control.listen.host, cfg.control.listen.port)
+
+    def _refresh_allowed(self) -> None:
+        allowed: set[str] = set()
+        for peer in self.config.peers:
+            allowed |= resolve_host(peer.control.host)
+        self._allowed = allowed
+
+    async def _add_peer(self, peer: PeerConfig) -> None:
+        assert self._ctx is not None
+        initiator = is_initiator(self.config.gateway.id, peer)
+        driver = make_driver(peer, initiator)
+        session = PeerSession(self._ctx, peer, driver, initiator)
+        self.sessions[peer.id] = session
+        try:
+            await session.start()
+        except Exception as exc:
+            # A peer whose tunnel cannot start is reported, not fatal to the others.
+            session.status.last_error = f"tunnel start failed: {exc}"
+            session.status.last_error_at = time.time()
+            log.error("peer %s: tunnel start failed: %s", peer.id, exc)
+
+    async def stop(self) -> None:
+        self._notifier.stopping()
+        keep = self.config.gateway.on_shutdown == "keep"
+        for task in self._background:
+            task.cancel()
+        if self._control is not None:
+            await self._control.stop()
+        for session in list(self.sessions.values()):
+            await session.stop(keep_tunnel=keep)
+        if self._status is not None:
+            await self._status.stop()
+        if self._client is not None:
+            await self._client.aclose()
+        if self._telemetry is not None:
+            await self._telemetry.stop()
+        if self._journal is not None:
+            self._journal.close()
+        log.info("gateway %s stopped (tunnels %s)", self.config.gateway.id,
+                 "kept with their last key" if keep else "blocked")
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> None:
+        self._notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config:\n%s", exc)
+            self._notifier.ready("reload refused")
+            return
+        if new.gateway != self.config.gateway or new.kme != self.config.kme \
+                or new.control != self.config.control:
+            log.warning("reload: gateway, kme and control sections need a restart; "
+                        "applying peer changes only")
+        diff = diff_peers(self.config, new)
+        self.config = new.model_copy(update={"gateway": self.config.gateway,
+                                             "kme": self.config.kme,
+                                             "control": self.config.control})
+        assert self._ctx is not None
+        self._ctx.config = self.config
+        self._refresh_allowed()
+        for peer in (*diff.removed, *diff.changed):
+            session = self.sessions.pop(peer.id, None)
+            if session is not None:
+                await session.stop(keep_tunnel=False)
+                self._peer_docs.pop(peer.id, None)
+        for peer in (*diff.changed, *diff.added):
+            await self._add_peer(peer)
+        self.reloads += 1
+        log.info("reloaded: %d added, %d removed, %d changed", len(diff.added),
+                 len(diff.removed), len(diff.changed))
+        self._notifier.ready(f"{len(self.sessions)} peers")
+
+    # ------------------------------------------------------------------ background
+
+    async def _refresh_peer_docs(self) -> None:
+        # Tunnel health needs I/O; the status socket answers from this cache.
+        while True:
+            for peer_id, session in list(self.sessions.items()):
+                self._peer_docs[peer_id] = await session.describe()
+            await asyncio.sleep(1.0)
+
+    async def _pool_watch(self) -> None:
+        assert self._ctx is not None
+        while True:
+            for session in list(self.sessions.values()):
+                if session.peer.qkd == "off":
+                    continue
+                with contextlib.suppress(Exception):
+                    await self._ctx.keys.pool_status(session.peer.sae_id)
+            await asyncio.sleep(POOL_CHECK_INTERVAL_S)
+
+    async def _watchdog(self) -> None:
+        assert self._notifier.watchdog_interval_s is not None
+        while True:
+            self._notifier.watchdog()
+            await asyncio.sleep(self._notifier.watchdog_interval_s)
+
+    def status_document(self) -> dict[str, Any]:
+        now = time.monotonic()
+        peers = []
+        for peer_id, session in self.sessions.items():
+            doc = dict(self._peer_docs.get(peer_id) or {"tunnel": None})
+            doc.update(session.status.as_dict(now))
+            peers.append(doc)
+        return {
+            "gateway": self.config.gateway.id,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "reloads": self.reloads,
+            "control_refused": dict(self._control.refused) if self._control else {},
+            "peers": peers,
+        }
+
+    # ------------------------------------------------------------------ main
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.stop()

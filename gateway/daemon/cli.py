@@ -1,0 +1,37 @@
+"""`qsgw run -c FILE`: validate the config, then run the daemon until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                        help=f"gateway config (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--log-format", choices=["auto", "json", "text"], default=None,
+                        help="override telemetry.logging.format")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    from gateway.telemetry import configure_logging
+
+    from .app import GatewayDaemon
+
+    logging_cfg = config.telemetry.logging
+    configure_logging(logging_cfg.level.upper(), args.log_format or logging_cfg.format)
+    daemon = GatewayDaemon(args.config, config)
+    try:
+        asyncio.run(daemon.run_forever())
+    except KeyboardInterrupt:
+        pass
+    return 0

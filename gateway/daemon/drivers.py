@@ -1,0 +1,24 @@
+"""Config tunnel section -> a tunnel driver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.config import IpsecTunnel, PeerConfig, WireGuardTunnel
+from gateway.tunnels.base import TunnelDriver
+
+
+def make_driver(peer: PeerConfig, initiator: bool) -> TunnelDriver:
+    tunnel = peer.tunnel
+    if isinstance(tunnel, WireGuardTunnel):
+        from gateway.tunnels.wireguard_common import make_wireguard_driver, settings_from
+
+        return make_wireguard_driver(settings_from(tunnel))
+    if isinstance(tunnel, IpsecTunnel):
+        from gateway.tunnels.strongswan import make_strongswan_driver
+
+        return make_strongswan_driver(tunnel, initiator=initiator)
+    raise ValueError(f"peer {peer.id}: unknown tunnel type")  # unreachable: config validated
+
+
+__all__ = ["Path", "make_driver"]

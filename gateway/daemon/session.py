@@ -1,0 +1,395 @@
+"""One peer's session: drives the handshake state machine, installs keys, applies policy.
+
+The initiating side rekeys on the interval and retries failures with exponential
+backoff and jitter; the responding side answers INITs dispatched by the control
+server. Both watch the key's lifetime: under `required`, a key that expires with
+no fresh one behind it blocks the tunnel (fail closed); under `preferred`/`off`
+the tunnel keeps its last key and the state says it is stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kms_client import KmeKeyNotFound, KmsError, KmeUnavailable
+
+from gateway.config import PeerConfig
+from gateway.crypto.memory import wipe
+from gateway.handshake import (
+    FetchQkdKeys,
+    FetchQkdKeysById,
+    HandshakeFailed,
+    InitiatorHandshake,
+    InstallKey,
+    ResponderHandshake,
+    SendMessage,
+)
+from gateway.journal import JournalError
+from gateway.tunnels.base import TunnelDriver, TunnelError
+
+from .context import DaemonContext
+from .framing import FrameError, read_frame, write_frame
+
+log = logging.getLogger("qsgw.session")
+
+HANDSHAKE_TIMEOUT_S = 30.0
+IO_TIMEOUT_S = 10.0
+
+
+class SessionFailure(Exception):
+    """A handshake attempt failed; `reason` is a short stable word for metrics."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class PeerStatus:
+    """What `qsgw status` and telemetry show for one peer (no key material)."""
+
+    peer_id: str
+    role: str
+    policy: str
+    state: str = "starting"  # starting | ok | degraded | stale | blocked
+    epoch: int = 0
+    installed_at: float | None = None  # wall clock
+    installed_mono: float | None = None
+    sources: list[str] = field(default_factory=list)
+    qkd_key_ids: list[str] = field(default_factory=list)
+    last_error: str | None = None
+    last_error_at: float | None = None
+    consecutive_failures: int = 0
+    epochs_made: int = 0
+    next_rekey_mono: float | None = None
+
+    def as_dict(self, now_mono: float) -> dict[str, Any]:
+        return {
+            "peer": self.peer_id,
+            "role": self.role,
+            "policy": self.policy,
+            "state": self.state,
+            "epoch": self.epoch,
+            "key_age_s": None if self.installed_mono is None
+            else round(now_mono - self.installed_mono, 3),
+            "installed_at": self.installed_at,
+            "sources": list(self.sources),
+            "qkd_key_ids": list(self.qkd_key_ids),
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "consecutive_failures": self.consecutive_failures,
+            "epochs_made": self.epochs_made,
+            "next_rekey_in_s": None if self.next_rekey_mono is None
+            else round(max(0.0, self.next_rekey_mono - now_mono), 3),
+        }
+
+
+class _Channel:
+    """One TCP connection carrying one handshake."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 max_frame: int) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.max_frame = max_frame
+
+    async def send(self, data: bytes) -> None:
+        await write_frame(self.writer, data, IO_TIMEOUT_S)
+
+    async def receive(self) -> bytes:
+        return await read_frame(self.reader, self.max_frame, IO_TIMEOUT_S)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+
+class PeerSession:
+    def __init__(self, ctx: DaemonContext, peer: PeerConfig, driver: TunnelDriver,
+                 initiator: bool) -> None:
+        self.ctx = ctx
+        self.peer = peer
+        self.driver = driver
+        self.initiator = initiator
+        self.status = PeerStatus(peer.id, "initiator" if initiator else "responder", peer.qkd)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rekey_now = asyncio.Event()
+        self._lock = asyncio.Lock()  # one handshake at a time per peer
+        self._stopping = False
+        self.epoch_installed = asyncio.Condition()
+        self.log = logging.LoggerAdapter(log, {"peer": peer.id})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.driver.start()
+        if self.initiator:
+            self.status.next_rekey_mono = time.monotonic()
+            self._tasks.append(asyncio.create_task(self._initiator_loop(), name=f"rekey:{self.peer.id}"))
+        self._tasks.append(asyncio.create_task(self._expiry_loop(), name=f"expiry:{self.peer.id}"))
+        self._publish()
+
+    async def stop(self, keep_tunnel: bool) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if not keep_tunnel:
+            with contextlib.suppress(TunnelError):
+                await self.driver.block()
+        with contextlib.suppress(TunnelError):
+            await self.driver.stop(keep_tunnel=keep_tunnel)
+
+    def trigger_rekey(self) -> None:
+        """Start a handshake now (benchmarks, tests, `qsgw rekey`)."""
+        self._rekey_now.set()
+
+    # ------------------------------------------------------------------ initiator
+
+    async def _initiator_loop(self) -> None:
+        backoff = self.peer.retry_backoff_s
+        while not self._stopping:
+            assert self.status.next_rekey_mono is not None
+            delay = self.status.next_rekey_mono - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._rekey_now.wait(), delay)
+            self._rekey_now.clear()
+            try:
+                async with self._lock:
+                    await asyncio.wait_for(self._initiate_once(), HANDSHAKE_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure is recorded, then retried
+                failure = _as_failure(exc)
+                self._record_failure(failure)
+                attempt = self.status.consecutive_failures
+                base = min(backoff.max, backoff.initial * 2 ** (attempt - 1))
+                # Full jitter in [0.5, 1.0] x base, so two gateways that failed
+                # together do not retry in lockstep.
+                self.status.next_rekey_mono = time.monotonic() + base * random.uniform(0.5, 1.0)
+            else:
+                self.status.next_rekey_mono = time.monotonic() + self.peer.rekey_interval_s
+            self._publish()
+
+    async def _initiate_once(self) -> None:
+        epoch = self.ctx.journal.last_epoch(self.peer.id) + 1
+        # Durable before INIT leaves: after a crash we never reuse this epoch.
+        self.ctx.journal.record_epoch(self.peer.id, epoch)
+        machine = InitiatorHandshake(self.ctx.handshake_params(self.peer, epoch))
+        host, port = self.peer.control.host, self.peer.control.port
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), IO_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            raise SessionFailure("peer_unreachable",
+                                 f"control {host}:{port}: {exc.__class__.__name__}") from None
+        channel = _Channel(reader, writer, self.ctx.max_frame_bytes)
+        try:
+            actions = machine.start(time.time())
+            await self._pump(machine, actions, channel)
+        finally:
+            await channel.close()
+
+    # ------------------------------------------------------------------ responder
+
+    async def handle_incoming(self, first_frame: bytes, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        channel = _Channel(reader, writer, self.ctx.max_frame_bytes)
+        if self.initiator:
+            self.ctx.telemetry.handshake_failed(self.peer.id, "role_conflict")
+            self.log.warning("refused an INIT: this gateway initiates towards %s", self.peer.id)
+            return
+        try:
+            async with self._lock:
+                machine = ResponderHandshake(
+                    self.ctx.handshake_params(self.peer, self.ctx.journal.last_epoch(self.peer.id)))
+                actions = machine.on_message(first_frame, time.time())
+                await asyncio.wait_for(self._pump(machine, actions, channel), HANDSHAKE_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._record_failure(_as_failure(exc))
+            self._publish()
+
+    # ------------------------------------------------------------------ the pump
+
+    async def _pump(self, machine: InitiatorHandshake | ResponderHandshake,
+                    actions: list[Any], channel: _Channel) -> None:
+        """Carry out the machine's actions until it has installed or failed."""
+        started = time.monotonic()
+        queue = list(actions)
+        installed = False
+        while True:
+            while queue:
+                action = queue.pop(0)
+                if isinstance(action, SendMessage):
+                    await channel.send(action.data)
+                elif isinstance(action, FetchQkdKeys):
+                    queue.extend(await self._fetch_new(machine, action))
+                elif isinstance(action, FetchQkdKeysById):
+                    queue.extend(await self._fetch_by_id(machine, action))
+                elif isinstance(action, InstallKey):
+                    await self._install(action, time.monotonic() - started)
+                    installed = True
+                elif isinstance(action, HandshakeFailed):
+                    raise SessionFailure(action.reason.value, action.detail)
+            if machine.finished:
+                break
+            try:
+                frame = await channel.receive()
+            except FrameError as exc:
+                raise SessionFailure("transport", str(exc)) from None
+            queue.extend(machine.on_message(frame, time.time()))
+        if not installed:
+            raise SessionFailure("incomplete", "handshake ended without a key")
+        if self.initiator:
+            # Both sides now hold the key (DONE received): IPsec reauthenticates.
+            await self.driver.activate(self.status.epoch)
+
+    async def _fetch_new(self, machine: Any, action: FetchQkdKeys) -> list[Any]:
+        try:
+            keys = await self.ctx.keys.fetch_new(self.peer.id, self.peer.sae_id, action.count)
+        except (KmsError, JournalError) as exc:
+            self._note_qkd_problem(exc)
+            return list(machine.on_qkd_unavailable(_describe(exc), time.time()))
+        try:
+            return list(machine.on_qkd_keys([(k.key_id, k.key) for k in keys], time.time()))
+        finally:
+            del keys
+
+    async def _fetch_by_id(self, machine: Any, action: FetchQkdKeysById) -> list[Any]:
+        try:
+            keys = await self.ctx.keys.fetch_by_id(self.peer.id, self.peer.sae_id,
+                                                   list(action.key_ids))
+        except JournalError as exc:
+            # A key_ID seen before: a replay or a broken peer. Never fall back.
+            raise SessionFailure("key_reuse", str(exc)) from None
+        except KmsError as exc:
+            self._note_qkd_problem(exc)
+            return list(machine.on_qkd_unavailable(_describe(exc), time.time()))
+        return list(machine.on_qkd_keys([(k.key_id, k.key) for k in keys], time.time()))
+
+    def _note_qkd_problem(self, exc: Exception) -> None:
+        self.log.warning("QKD key unavailable: %s", _describe(exc))
+
+    async def _install(self, action: InstallKey, duration_s: float) -> None:
+        key = action.key
+        try:
+            await self.driver.install_key(action.epoch, bytes(key))
+        finally:
+            wipe(key)
+        self.ctx.journal.record_epoch(self.peer.id, action.epoch)
+        old_state = self.status.state
+        degraded = "qkd" not in action.sources and self.peer.qkd != "off"
+        st = self.status
+        st.epoch = action.epoch
+        st.installed_at = time.time()
+        st.installed_mono = time.monotonic()
+        st.sources = list(action.sources)
+        st.qkd_key_ids = list(action.key_ids)
+        st.state = "degraded" if degraded else "ok"
+        st.consecutive_failures = 0
+        st.epochs_made += 1
+        self.ctx.telemetry.epoch_made(self.peer.id, action.epoch, action.suite, st.sources,
+                                      st.qkd_key_ids, duration_s, degraded)
+        if old_state != st.state:
+            self.ctx.telemetry.policy_changed(self.peer.id, old_state, st.state)
+        self.log.info("epoch %d installed (sources %s%s)", action.epoch, "+".join(st.sources),
+                      ", degraded: no QKD" if degraded else "",
+                      extra={"epoch": action.epoch})
+        self._publish()
+        async with self.epoch_installed:
+            self.epoch_installed.notify_all()
+
+    # ------------------------------------------------------------------ policy
+
+    async def _expiry_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.5)
+            st = self.status
+            if st.installed_mono is None or st.state in ("blocked", "stale"):
+                continue
+            if time.monotonic() - st.installed_mono < self.peer.key_lifetime_s:
+                continue
+            old = st.state
+            if self.peer.qkd == "required":
+                await self._block("key lifetime passed with no fresh QKD-keyed epoch")
+            else:
+                st.state = "stale"
+                self.log.warning("key lifetime passed; policy %s keeps the last key", self.peer.qkd)
+            self.ctx.telemetry.policy_changed(self.peer.id, old, st.state)
+            self._publish()
+
+    async def _block(self, why: str) -> None:
+        try:
+            await self.driver.block()
+        except TunnelError as exc:
+            self.log.error("could not block the tunnel: %s", exc)
+        self.status.state = "blocked"
+        self.status.last_error = f"blocked: {why}"
+        self.status.last_error_at = time.time()
+        self.log.error("tunnel blocked (policy required): %s", why)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _record_failure(self, failure: SessionFailure) -> None:
+        st = self.status
+        st.consecutive_failures += 1
+        st.last_error = f"{failure.reason}: {failure.detail}"
+        st.last_error_at = time.time()
+        self.ctx.telemetry.handshake_failed(self.peer.id, failure.reason)
+        self.ctx.telemetry.epoch_failed(self.peer.id, st.epoch + 1, failure.reason, failure.detail)
+        if failure.reason in ("bad_signature", "wrong_peer", "identity"):
+            self.ctx.telemetry.identity_refused(self.peer.id, "handshake")
+        self.log.warning("handshake failed (%s): %s", failure.reason, failure.detail)
+
+    def _publish(self) -> None:
+        st = self.status
+        age = 0.0 if st.installed_mono is None else time.monotonic() - st.installed_mono
+        self.ctx.telemetry.peer_state(self.peer.id, epoch=st.epoch, key_age_s=age,
+                                      sources=st.sources, policy_state=st.state,
+                                      last_error=st.last_error)
+
+    async def describe(self) -> dict[str, Any]:
+        doc = self.status.as_dict(time.monotonic())
+        try:
+            health = await asyncio.wait_for(self.driver.health(), 2)
+            doc["tunnel"] = {"up": health.up, "detail": health.detail,
+                             "last_handshake_age_s": health.last_handshake_age_s}
+        except (TunnelError, TimeoutError) as exc:
+            doc["tunnel"] = {"up": False, "detail": str(exc), "last_handshake_age_s": None}
+        return doc
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, KmeUnavailable):
+        return f"KME unavailable: {exc}"
+    if isinstance(exc, KmeKeyNotFound):
+        return f"QKD key not found: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _as_failure(exc: BaseException) -> SessionFailure:
+    if isinstance(exc, SessionFailure):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return SessionFailure("timeout", f"no complete handshake within {HANDSHAKE_TIMEOUT_S:g} s")
+    if isinstance(exc, TunnelError):
+        return SessionFailure("tunnel", str(exc))
+    if isinstance(exc, JournalError):
+        return SessionFailure("key_reuse", str(exc))
+    if isinstance(exc, (OSError, FrameError)):
+        return SessionFailure("transport", f"{type(exc).__name__}: {exc}")
+    return SessionFailure("internal", f"{type(exc).__name__}: {exc}")

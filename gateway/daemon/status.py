@@ -1,0 +1,68 @@
+"""The local status socket: one JSON document per connection, read by `qsgw status`.
+
+A unix socket, mode 0660, so only root and the qsgw group can read peer state.
+The document holds no key material: epochs, ages, sources, policy state, errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+StatusProvider = Callable[[], dict[str, Any]]
+
+
+class StatusServer:
+    def __init__(self, path: Path, provider: StatusProvider) -> None:
+        self.path = path
+        self._provider = provider
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        old_umask = os.umask(0o117)
+        try:
+            self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
+        finally:
+            os.umask(old_umask)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            document = json.dumps(self._provider(), sort_keys=True).encode() + b"\n"
+            writer.write(document)
+            await asyncio.wait_for(writer.drain(), 5)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def read_status(path: Path, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Synchronous client (CLI, demo, tests)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(str(path))
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    result: dict[str, Any] = json.loads(b"".join(chunks))
+    return result

@@ -1,0 +1,64 @@
+"""`qsgw status`: the running daemon's peers, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+
+from .status import read_status
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, default=None,
+                        help=f"gateway config, to find the status socket (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("-s", "--socket", type=Path, default=None, help="the status socket")
+    parser.add_argument("--json", action="store_true", help="print the JSON document")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m"
+
+
+def format_table(doc: dict[str, Any]) -> str:
+    rows = [("PEER", "ROLE", "POLICY", "STATE", "EPOCH", "AGE", "SOURCES", "TUNNEL", "LAST ERROR")]
+    for p in doc.get("peers", []):
+        tunnel = p.get("tunnel") or {}
+        rows.append((
+            p["peer"], p["role"], p["policy"], p["state"], str(p["epoch"]), _age(p["key_age_s"]),
+            "+".join(p["sources"]) or "-",
+            ("up" if tunnel.get("up") else "down") if tunnel else "?",
+            (p.get("last_error") or "-")[:60],
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"gateway {doc.get('gateway')}  uptime {_age(doc.get('uptime_s'))}"]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    socket_path = args.socket
+    if socket_path is None:
+        try:
+            config = load_config(args.config or DEFAULT_CONFIG_PATH, check_files=False)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        socket_path = Path(config.gateway.status_socket)
+    try:
+        doc = read_status(socket_path)
+    except OSError as exc:
+        print(f"qsgw status: cannot read {socket_path}: {exc.strerror or exc} "
+              "(is the daemon running?)", file=sys.stderr)
+        return 1
+    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else format_table(doc))
+    return 0
