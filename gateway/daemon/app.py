@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kms_client import KmeClient, KmeEndpoint, SaeCredentials
-
 from gateway.config import ConfigError, GatewayConfig, PeerConfig, diff_peers, load_config
 from gateway.identity import LocalIdentity
 from gateway.journal import Journal
 from gateway.telemetry import Telemetry
+from kms_client import KmeClient, KmeEndpoint, SaeCredentials
 
 from .context import DaemonContext
 from .control import ControlServer, resolve_host
@@ -84,7 +83,7 @@ class GatewayDaemon:
         self._telemetry = build_telemetry(cfg, identity)
         await self._telemetry.start()
         self._client = self._make_client(cfg)
-        keys = KeySupply(self._client, self._journal, self._telemetry,
+        keys = KeySupply(self._client, self._telemetry,
                          cfg.kme.endpoints[0].kme_id, cfg.kme.dec_keys_deadline_s)
         self._ctx = DaemonContext(cfg, identity, self._journal, keys, self._telemetry)
         self._refresh_allowed()
@@ -116,13 +115,7 @@ class GatewayDaemon:
         driver = make_driver(peer, initiator)
         session = PeerSession(self._ctx, peer, driver, initiator)
         self.sessions[peer.id] = session
-        try:
-            await session.start()
-        except Exception as exc:
-            # A peer whose tunnel cannot start is reported, not fatal to the others.
-            session.status.last_error = f"tunnel start failed: {exc}"
-            session.status.last_error_at = time.time()
-            log.error("peer %s: tunnel start failed: %s", peer.id, exc)
+        await session.start()
 
     async def stop(self) -> None:
         self._notifier.stopping()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import sys
 from pathlib import Path
 
@@ -29,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
 
     logging_cfg = config.telemetry.logging
     configure_logging(logging_cfg.level.upper(), args.log_format or logging_cfg.format)
+    # httpx logs every request at INFO; the daemon's own KME telemetry says more.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     daemon = GatewayDaemon(args.config, config)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(daemon.run_forever())
-    except KeyboardInterrupt:
-        pass
     return 0

@@ -16,8 +16,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from gateway.handshake import peek_initiator_id
-from gateway.handshake.errors import DecodeError
+from gateway.handshake import DecodeError
+from gateway.handshake.codec import decode
+from gateway.handshake.messages import Init
 
 from .framing import FrameError, read_frame
 from .ratelimit import RateLimiter
@@ -85,10 +86,14 @@ class ControlServer:
             self._refuse(f"bad_frame ({exc})", source, writer)
             return
         try:
-            initiator_id = peek_initiator_id(first)
+            message = decode(first)  # structure only; signatures are the session's job
         except DecodeError as exc:
-            self._refuse(f"undecodable_init ({exc})", source, writer)
+            self._refuse(f"undecodable ({exc})", source, writer)
             return
+        if not isinstance(message, Init):
+            self._refuse(f"first frame is {type(message).__name__}, not INIT", source, writer)
+            return
+        initiator_id = message.initiator_id
         session = self._lookup(initiator_id)
         if session is None:
             self._refuse("unknown_peer", source, writer)

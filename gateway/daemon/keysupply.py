@@ -1,33 +1,24 @@
 """The daemon's view of the site's KME: fetch new keys (master) or named keys (slave).
 
-A thin adapter over `kms_client.KmeClient` that times every call for telemetry
-and journals every key_ID *before* the key is handed to the handshake, so that
-a crash between fetch and use can never lead to a second use of the same key.
+A thin adapter over `kms_client.KmeClient` that times every call for telemetry.
+Key_IDs are journalled by the session when the handshake asks (CommitEpoch),
+before the key is used.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from kms_client import KmeClient, KmsError, KmeUnavailable
-
-from gateway.journal import Journal
+from gateway.handshake import QkdKey
 from gateway.telemetry import Telemetry
-
-
-@dataclass(frozen=True)
-class QkdKey:
-    key_id: str
-    key: bytes = field(repr=False)
+from kms_client import KmeClient, KmeUnavailable, KmsError
 
 
 class KeySupply:
-    def __init__(self, client: KmeClient, journal: Journal, telemetry: Telemetry,
+    def __init__(self, client: KmeClient, telemetry: Telemetry,
                  kme_id: str, dec_keys_deadline_s: float) -> None:
         self._client = client
-        self._journal = journal
         self._telemetry = telemetry
         self._kme_id = kme_id
         self._deadline_s = dec_keys_deadline_s
@@ -36,16 +27,12 @@ class KeySupply:
         """Master side: `count` fresh keys shared with `slave_sae_id`."""
         container = await self._timed("enc_keys", self._client.enc_keys(slave_sae_id, number=count))
         keys = [QkdKey(k.key_id, bytes(k.key)) for k in container.keys]
-        # Durable before use: a key_ID seen before is refused (KeyReuseError).
-        self._journal.consume(peer_id, [k.key_id for k in keys])
         self._telemetry.qkd_keys_fetched(peer_id, len(keys))
         return keys
 
     async def fetch_by_id(self, peer_id: str, master_sae_id: str,
                           key_ids: Sequence[str]) -> list[QkdKey]:
-        """Slave side: the keys the master named. Journalled first, so a replayed
-        INIT naming consumed keys is refused before the KME is even asked."""
-        self._journal.consume(peer_id, list(key_ids))
+        """Slave side: the keys the master named (already journalled by the session)."""
         container = await self._timed(
             "dec_keys",
             self._client.dec_keys(master_sae_id, list(key_ids), deadline_s=self._deadline_s),

@@ -17,21 +17,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kms_client import KmeKeyNotFound, KmsError, KmeUnavailable
-
 from gateway.config import PeerConfig
 from gateway.crypto.memory import wipe
 from gateway.handshake import (
+    CommitEpoch,
+    FailureReason,
     FetchQkdKeys,
     FetchQkdKeysById,
     HandshakeFailed,
     InitiatorHandshake,
     InstallKey,
+    Rejected,
     ResponderHandshake,
     SendMessage,
 )
-from gateway.journal import JournalError
+from gateway.journal import JournalError, KeyReuseError, StaleEpochError
+from gateway.telemetry.logs import bind_peer, peer_logger
 from gateway.tunnels.base import TunnelDriver, TunnelError
+from kms_client import KmeKeyNotFound, KmeUnavailable, KmsError
 
 from .context import DaemonContext
 from .framing import FrameError, read_frame, write_frame
@@ -124,24 +127,46 @@ class PeerSession:
         self._rekey_now = asyncio.Event()
         self._lock = asyncio.Lock()  # one handshake at a time per peer
         self._stopping = False
+        self.tunnel_started = False
         self.epoch_installed = asyncio.Condition()
-        self.log = logging.LoggerAdapter(log, {"peer": peer.id})
+        self.log = peer_logger(log, peer.id)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        await self.driver.start()
+        self._tasks.append(asyncio.create_task(self._main(), name=f"session:{self.peer.id}"))
+        self._publish()
+
+    async def _main(self) -> None:
+        bind_peer(self.peer.id)  # every log line of this task names the peer
+        await self._start_tunnel()
+        self._tasks.append(asyncio.create_task(self._expiry_loop(), name=f"expiry:{self.peer.id}"))
         if self.initiator:
             self.status.next_rekey_mono = time.monotonic()
-            self._tasks.append(asyncio.create_task(self._initiator_loop(), name=f"rekey:{self.peer.id}"))
-        self._tasks.append(asyncio.create_task(self._expiry_loop(), name=f"expiry:{self.peer.id}"))
-        self._publish()
+            await self._initiator_loop()
+
+    async def _start_tunnel(self) -> None:
+        # A tunnel that cannot start yet (interface missing, charon not up) is
+        # retried with backoff; the peer shows the error meanwhile.
+        delay = self.peer.retry_backoff_s.initial
+        while True:
+            try:
+                await self.driver.start()
+                self.tunnel_started = True
+                return
+            except TunnelError as exc:
+                self.status.last_error = f"tunnel start failed: {exc}"
+                self.status.last_error_at = time.time()
+                self.log.error("tunnel start failed: %s", exc)
+                self._publish()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(self.peer.retry_backoff_s.max, delay * 2)
 
     async def stop(self, keep_tunnel: bool) -> None:
         self._stopping = True
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
-        for task in self._tasks:
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
@@ -184,10 +209,10 @@ class PeerSession:
             self._publish()
 
     async def _initiate_once(self) -> None:
+        # The machine's CommitEpoch makes this epoch durable before INIT leaves,
+        # so after a crash the next attempt is always above it.
         epoch = self.ctx.journal.last_epoch(self.peer.id) + 1
-        # Durable before INIT leaves: after a crash we never reuse this epoch.
-        self.ctx.journal.record_epoch(self.peer.id, epoch)
-        machine = InitiatorHandshake(self.ctx.handshake_params(self.peer, epoch))
+        machine = InitiatorHandshake(self.ctx.handshake_params(self.peer), epoch, time.time())
         host, port = self.peer.control.host, self.peer.control.port
         try:
             reader, writer = await asyncio.wait_for(
@@ -206,15 +231,19 @@ class PeerSession:
 
     async def handle_incoming(self, first_frame: bytes, reader: asyncio.StreamReader,
                               writer: asyncio.StreamWriter) -> None:
+        bind_peer(self.peer.id)
         channel = _Channel(reader, writer, self.ctx.max_frame_bytes)
+        if not self.tunnel_started:
+            self.log.warning("refused an INIT: the tunnel is not up yet")
+            return
         if self.initiator:
             self.ctx.telemetry.handshake_failed(self.peer.id, "role_conflict")
             self.log.warning("refused an INIT: this gateway initiates towards %s", self.peer.id)
             return
         try:
             async with self._lock:
-                machine = ResponderHandshake(
-                    self.ctx.handshake_params(self.peer, self.ctx.journal.last_epoch(self.peer.id)))
+                machine = ResponderHandshake(self.ctx.handshake_params(self.peer),
+                                             self.ctx.journal.last_epoch(self.peer.id), time.time())
                 actions = machine.on_message(first_frame, time.time())
                 await asyncio.wait_for(self._pump(machine, actions, channel), HANDSHAKE_TIMEOUT_S)
         except asyncio.CancelledError:
@@ -230,19 +259,31 @@ class PeerSession:
         """Carry out the machine's actions until it has installed or failed."""
         started = time.monotonic()
         queue = list(actions)
-        installed = False
+        installed_epoch: int | None = None
         while True:
             while queue:
                 action = queue.pop(0)
                 if isinstance(action, SendMessage):
                     await channel.send(action.data)
+                elif isinstance(action, CommitEpoch):
+                    queue.extend(self._commit(machine, action))
                 elif isinstance(action, FetchQkdKeys):
                     queue.extend(await self._fetch_new(machine, action))
                 elif isinstance(action, FetchQkdKeysById):
                     queue.extend(await self._fetch_by_id(machine, action))
                 elif isinstance(action, InstallKey):
                     await self._install(action, time.monotonic() - started)
-                    installed = True
+                    installed_epoch = action.epoch
+                    if isinstance(machine, ResponderHandshake):
+                        queue.extend(machine.on_installed(time.time()))
+                elif isinstance(action, Rejected):
+                    # A refused message is counted and ignored; the handshake goes on
+                    # until its deadline (a forged or replayed frame cannot end it).
+                    self.ctx.telemetry.handshake_failed(self.peer.id, action.reason.value)
+                    self.log.warning("message refused (%s): %s", action.reason.value,
+                                     action.detail)
+                    if action.reason in (FailureReason.BAD_SIGNATURE, FailureReason.WRONG_PEER):
+                        self.ctx.telemetry.identity_refused(self.peer.id, "handshake")
                 elif isinstance(action, HandshakeFailed):
                     raise SessionFailure(action.reason.value, action.detail)
             if machine.finished:
@@ -250,36 +291,42 @@ class PeerSession:
             try:
                 frame = await channel.receive()
             except FrameError as exc:
+                queue.extend(machine.abort(FailureReason.TIMEOUT, time.time()))
                 raise SessionFailure("transport", str(exc)) from None
             queue.extend(machine.on_message(frame, time.time()))
-        if not installed:
+        if installed_epoch is None:
             raise SessionFailure("incomplete", "handshake ended without a key")
         if self.initiator:
             # Both sides now hold the key (DONE received): IPsec reauthenticates.
-            await self.driver.activate(self.status.epoch)
+            await self.driver.activate(installed_epoch)
+
+    def _commit(self, machine: Any, action: CommitEpoch) -> list[Any]:
+        try:
+            self.ctx.journal.commit(action.peer_id, action.epoch, action.key_ids)
+        except KeyReuseError as exc:
+            self.log.error("QKD key reuse refused: %s", exc)
+            return list(machine.abort(FailureReason.KEY_REUSE, time.time()))
+        except StaleEpochError as exc:
+            self.log.warning("stale epoch refused: %s", exc)
+            return list(machine.abort(FailureReason.REPLAY, time.time()))
+        return []
 
     async def _fetch_new(self, machine: Any, action: FetchQkdKeys) -> list[Any]:
         try:
             keys = await self.ctx.keys.fetch_new(self.peer.id, self.peer.sae_id, action.count)
-        except (KmsError, JournalError) as exc:
+        except KmsError as exc:
             self._note_qkd_problem(exc)
             return list(machine.on_qkd_unavailable(_describe(exc), time.time()))
-        try:
-            return list(machine.on_qkd_keys([(k.key_id, k.key) for k in keys], time.time()))
-        finally:
-            del keys
+        return list(machine.on_qkd_keys(keys, time.time()))
 
     async def _fetch_by_id(self, machine: Any, action: FetchQkdKeysById) -> list[Any]:
         try:
             keys = await self.ctx.keys.fetch_by_id(self.peer.id, self.peer.sae_id,
                                                    list(action.key_ids))
-        except JournalError as exc:
-            # A key_ID seen before: a replay or a broken peer. Never fall back.
-            raise SessionFailure("key_reuse", str(exc)) from None
         except KmsError as exc:
             self._note_qkd_problem(exc)
             return list(machine.on_qkd_unavailable(_describe(exc), time.time()))
-        return list(machine.on_qkd_keys([(k.key_id, k.key) for k in keys], time.time()))
+        return list(machine.on_qkd_keys(keys, time.time()))
 
     def _note_qkd_problem(self, exc: Exception) -> None:
         self.log.warning("QKD key unavailable: %s", _describe(exc))
@@ -290,9 +337,8 @@ class PeerSession:
             await self.driver.install_key(action.epoch, bytes(key))
         finally:
             wipe(key)
-        self.ctx.journal.record_epoch(self.peer.id, action.epoch)
         old_state = self.status.state
-        degraded = "qkd" not in action.sources and self.peer.qkd != "off"
+        degraded = action.degraded
         st = self.status
         st.epoch = action.epoch
         st.installed_at = time.time()

@@ -28,6 +28,14 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 60:.0f}m"
 
 
+def _error(p: dict[str, Any]) -> str:
+    # An error older than the installed key is history: --json keeps it.
+    err, at, installed = p.get("last_error"), p.get("last_error_at"), p.get("installed_at")
+    if not err or (installed is not None and at is not None and at < installed):
+        return "-"
+    return str(err)[:60]
+
+
 def format_table(doc: dict[str, Any]) -> str:
     rows = [("PEER", "ROLE", "POLICY", "STATE", "EPOCH", "AGE", "SOURCES", "TUNNEL", "LAST ERROR")]
     for p in doc.get("peers", []):
@@ -36,7 +44,7 @@ def format_table(doc: dict[str, Any]) -> str:
             p["peer"], p["role"], p["policy"], p["state"], str(p["epoch"]), _age(p["key_age_s"]),
             "+".join(p["sources"]) or "-",
             ("up" if tunnel.get("up") else "down") if tunnel else "?",
-            (p.get("last_error") or "-")[:60],
+            _error(p),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"gateway {doc.get('gateway')}  uptime {_age(doc.get('uptime_s'))}"]

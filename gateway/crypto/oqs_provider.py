@@ -1,0 +1,139 @@
+"""The optional liboqs provider (liboqs-python, extra ``qsgw[oqs]``).
+
+``import oqs`` without a findable liboqs shared library sleeps, tries to
+``git clone`` and build liboqs, then raises SystemExit. So the library is
+looked for first (ctypes.util.find_library, then $OQS_INSTALL_PATH/lib) and
+``oqs`` is imported only when it is there; every failure becomes
+``OqsUnavailable`` with a reason an operator can act on.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import glob
+import importlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from gateway.crypto.providers import KemKeyPair, ProviderError
+
+PROVIDER_NAME = "liboqs"
+INSTALL_HINT = (
+    "install liboqs (https://github.com/open-quantum-safe/liboqs) and "
+    "`pip install 'qsgw[oqs]'`"
+)
+MISSING_LIBRARY_REASON = (
+    "liboqs shared library not installed (ctypes.util.find_library('oqs') is None); "
+    "install liboqs and `pip install 'qsgw[oqs]'`"
+)
+
+
+class OqsUnavailable(Exception):
+    """liboqs or liboqs-python is not usable here; the message says why."""
+
+
+@dataclass(frozen=True)
+class _OqsKemInfo:
+    name: str  # our name (also the liboqs name)
+    static_only: bool
+
+
+# The liboqs KEMs the suites may name. Classic McEliece keys (~0.5-1 MB public)
+# are made at provisioning and pinned, never per epoch.
+OQS_KEMS: dict[str, _OqsKemInfo] = {
+    n: _OqsKemInfo(n, s)
+    for n, s in (
+        ("FrodoKEM-976-AES", False),
+        ("FrodoKEM-976-SHAKE", False),
+        ("FrodoKEM-1344-AES", False),
+        ("FrodoKEM-1344-SHAKE", False),
+        ("Classic-McEliece-460896f", True),
+        ("Classic-McEliece-6688128f", True),
+        ("HQC-128", False),
+        ("HQC-192", False),
+        ("HQC-256", False),
+        ("ML-KEM-768", False),
+        ("ML-KEM-1024", False),
+    )
+}
+
+
+def find_liboqs() -> str | None:
+    """The path or name of the liboqs shared library, or None; imports nothing."""
+    found = ctypes.util.find_library("oqs")
+    if found:
+        return found
+    root = os.environ.get("OQS_INSTALL_PATH")
+    if root:
+        for pattern in ("liboqs.so*", "liboqs.dylib", "oqs.dll"):
+            hits = sorted(glob.glob(os.path.join(root, "lib", pattern)))
+            if hits:
+                return hits[0]
+    return None
+
+
+@lru_cache(maxsize=1)
+def load_oqs() -> Any:
+    """Import liboqs-python, only once liboqs itself is known to be present."""
+    if find_liboqs() is None:
+        raise OqsUnavailable(MISSING_LIBRARY_REASON)
+    try:
+        return importlib.import_module("oqs")
+    except ImportError as exc:
+        raise OqsUnavailable(
+            f"liboqs is installed but liboqs-python is not importable; {INSTALL_HINT}"
+        ) from exc
+    except SystemExit as exc:  # its auto-installer gave up: never let it end the daemon
+        raise OqsUnavailable(f"liboqs-python could not load liboqs; {INSTALL_HINT}") from exc
+
+
+def available() -> bool:
+    try:
+        load_oqs()
+    except OqsUnavailable:
+        return False
+    return True
+
+
+class OqsKem:
+    """One liboqs KEM through liboqs-python."""
+
+    def __init__(self, name: str) -> None:
+        info = OQS_KEMS[name]
+        self._oqs = load_oqs()
+        if name not in self._oqs.get_enabled_kem_mechanisms():
+            raise OqsUnavailable(f"{name} is not enabled in this liboqs build")
+        self.name = name
+        self.static_only = info.static_only
+        with self._oqs.KeyEncapsulation(name) as kem:
+            details = kem.details
+        self.public_key_size = int(details["length_public_key"])
+        self.ciphertext_size = int(details["length_ciphertext"])
+        self.shared_secret_size = int(details["length_shared_secret"])
+
+    def generate(self) -> KemKeyPair:
+        kem = self._oqs.KeyEncapsulation(self.name)
+        public = bytes(kem.generate_keypair())
+        return KemKeyPair(public=public, private=kem)
+
+    def load_static(self, secret_key: bytes, public: bytes) -> KemKeyPair:
+        """A static key pair made at provisioning."""
+        kem = self._oqs.KeyEncapsulation(self.name, secret_key)
+        return KemKeyPair(public=public, private=kem)
+
+    def export_secret(self, pair: KemKeyPair) -> bytes:
+        return bytes(pair.private.export_secret_key())  # type: ignore[attr-defined]
+
+    def encapsulate(self, public: bytes) -> tuple[bytearray, bytes]:
+        if len(public) != self.public_key_size:
+            raise ProviderError(f"{self.name} public key must be {self.public_key_size} bytes")
+        with self._oqs.KeyEncapsulation(self.name) as kem:
+            ciphertext, shared = kem.encap_secret(public)
+        return bytearray(shared), bytes(ciphertext)
+
+    def decapsulate(self, pair: KemKeyPair, ciphertext: bytes) -> bytearray:
+        if len(ciphertext) != self.ciphertext_size:
+            raise ProviderError(f"{self.name} ciphertext must be {self.ciphertext_size} bytes")
+        return bytearray(pair.private.decap_secret(ciphertext))  # type: ignore[attr-defined]

@@ -1,0 +1,124 @@
+"""`make demo`: the MadQCI deployment as three gateway sites in network namespaces.
+
+A hub (INTA) and two branches (SGSICS, UPM) keep WireGuard tunnels (real
+wireguard-go) keyed by QKD + ML-KEM-768 + X25519 epochs, each from its own
+`qsgw run` daemon; the KME simulator serves the MadQCI MDI-QKD topology over
+mutual TLS. Halfway through, the hub's KME goes dark: the `required` tunnel
+(to SGSICS) is blocked once its key expires, the `preferred` one (to UPM) goes
+on without QKD, flagged degraded; then the KME comes back and so does the
+blocked tunnel. DEMO_SECONDS sets the length (default 60). Ctrl-C or the end
+removes every namespace and process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.netns import NetnsLab, cleanup_stale, netns_unavailable_reason
+from gateway.sitelab import SiteLab, Tunnel
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"
+DEMO_PREFIX = "demo"
+RTT = re.compile(r"time=([\d.]+) ms")
+
+
+def _ping(lab: NetnsLab, ns: str, address: str) -> str:
+    res = lab.run(ns, ["ping", "-n", "-c", "1", "-W", "1", address], timeout=5)
+    match = RTT.search(res.stdout)
+    return f"{float(match.group(1)):.2f} ms" if res.returncode == 0 and match else "lost"
+
+
+def _row(sites: SiteLab, t: Tunnel, elapsed: float) -> str:
+    st: dict[str, Any] | None = sites.peer_status(t.a, t.b.gateway_id)
+    ping = _ping(sites.lab, t.a.name, t.ip_b)
+    if st is None:
+        return f"{elapsed:5.0f}s  {t.a.gateway_id + ' -> ' + t.b.gateway_id:24} (daemon not answering)"
+    age = "-" if st["key_age_s"] is None else f"{st['key_age_s']:.0f}s"
+    sources = "+".join(st["sources"]) or "-"
+    err = st.get("last_error") or ""
+    return (f"{elapsed:5.0f}s  {t.a.gateway_id + ' -> ' + t.b.gateway_id:24} {st['policy']:9} "
+            f"{st['state']:9} {st['epoch']:5}  {age:>5}  {sources:22} {ping:>9}  {err[:48]}")
+
+
+def main() -> int:
+    reason = netns_unavailable_reason()
+    if reason:
+        print(f"make demo needs network namespaces: {reason}", file=sys.stderr)
+        return 1
+    seconds = float(os.environ.get("DEMO_SECONDS", "60"))
+    rekey = max(3.0, min(10.0, seconds / 10))
+    lifetime = rekey * 2.5
+    outage_at, heal_at = seconds * 0.4, seconds * 0.75
+    cleanup_stale(DEMO_PREFIX)  # leftovers of an earlier, killed demo
+    # SIGTERM (e.g. from a CI timeout) takes the same path as Ctrl-C: clean up.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with tempfile.TemporaryDirectory(prefix="qsgw-demo-") as tmp, NetnsLab(prefix=DEMO_PREFIX) as lab:
+        sites = SiteLab(lab, Path(tmp), TOPOLOGY)
+        try:
+            print("qsgw demo: MadQCI, hub INTA with branches SGSICS and UPM "
+                  f"({seconds:.0f} s, rekey every {rekey:.0f} s, key lifetime {lifetime:.0f} s)")
+            hub = sites.add_site("inta", "gw-inta", "SAE_INTA_GW", "KME_INTA")
+            b1 = sites.add_site("sgsics", "gw-sgsics", "SAE_SGSICS_GW", "KME_SGSICS")
+            b2 = sites.add_site("upm", "gw-upm", "SAE_UPM_GW", "KME_UPM")
+            tunnels = [
+                sites.add_wireguard_tunnel(hub, b1, "required", rekey, lifetime),
+                sites.add_wireguard_tunnel(hub, b2, "preferred", rekey, lifetime),
+            ]
+            sites.start_simulator()
+            print(f"KME simulator up: {', '.join(sorted(sites.endpoints['kmes']))} "
+                  f"(logs and configs in {tmp})")
+            for site in (hub, b1, b2):
+                sites.write_config(site)
+                sites.start_daemon(site)
+            header = (f"{'time':>6}  {'tunnel':24} {'policy':9} {'state':9} {'epoch':>5}  "
+                      f"{'age':>5}  {'key sources':22} {'ping':>9}  last error")
+            started = time.monotonic()
+            outage = healed = False
+            line = 0
+            while (elapsed := time.monotonic() - started) < seconds:
+                if not outage and elapsed >= outage_at:
+                    sites.set_fault("KME_INTA", outage=True)
+                    outage = True
+                    print(f"--- {elapsed:.0f}s: KME_INTA outage injected (every call answers 503)")
+                if outage and not healed and elapsed >= heal_at:
+                    sites.clear_faults()
+                    healed = True
+                    print(f"--- {elapsed:.0f}s: KME_INTA restored")
+                if line % 12 == 0:
+                    print(header)
+                for t in tunnels:
+                    print(_row(sites, t, elapsed), flush=True)
+                line += 1
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
+            _summary(sites)
+        except KeyboardInterrupt:
+            print("\ninterrupted: cleaning up")
+        finally:
+            sites.close()
+    print("demo finished: namespaces, daemons, wireguard-go and the simulator are gone")
+    return 0
+
+
+def _summary(sites: SiteLab) -> None:
+    print("\nsummary (from `qsgw status --json` of each site):")
+    for site in sites.sites.values():
+        doc = sites.status(site)
+        if doc is None:
+            print(f"  {site.gateway_id}: no status")
+            continue
+        for p in doc["peers"]:
+            print(f"  {site.gateway_id} -> {p['peer']}: {p['epochs_made']} epochs, now {p['state']}, "
+                  f"epoch {p['epoch']}, sources {'+'.join(p['sources']) or '-'}")
+    print(f"  QKD keys delivered by the simulator to the hub: {len(sites.delivered('SAE_INTA_GW'))}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

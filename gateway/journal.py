@@ -1,0 +1,128 @@
+"""The durable journal of consumed QKD key_IDs and of the last epoch per peer.
+
+SQLite with synchronous=FULL: a commit is on disk before it returns, so the
+daemon journals a key_ID *before* using the key, and a crash between the two
+can only waste a key, never reuse one. The file is created 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or written."""
+
+
+class KeyReuseError(JournalError):
+    """A QKD key_ID was consumed before (message names the key_ID and the peer)."""
+
+
+class StaleEpochError(JournalError):
+    """An epoch not above the last recorded one for that peer."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS key_ids (
+    key_id TEXT PRIMARY KEY,
+    peer_id TEXT NOT NULL,
+    epoch INTEGER,
+    consumed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    peer_id TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL
+);
+"""
+
+
+class Journal:
+    """Consumed key_IDs (never twice, across restarts) and last epochs per peer."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            # Created 0600 here, before SQLite opens it (its journal files copy the mode).
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA journal_mode=DELETE")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+
+    def consume(self, peer_id: str, key_ids: Iterable[str], epoch: int | None = None) -> None:
+        """Record ``key_ids`` as used, all or none; KeyReuseError if any was seen."""
+        self.commit(peer_id, epoch, key_ids)
+
+    def commit(self, peer_id: str, epoch: int | None, key_ids: Iterable[str]) -> None:
+        """Atomically record the epoch (if given) and consume the key_IDs, durably."""
+        ids = list(key_ids)
+        if len(set(ids)) != len(ids):
+            raise KeyReuseError(f"key_ID listed twice for peer {peer_id}")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for key_id in ids:
+                    row = self._db.execute(
+                        "SELECT peer_id FROM key_ids WHERE key_id = ?", (key_id,)
+                    ).fetchone()
+                    if row is not None:
+                        raise KeyReuseError(
+                            f"QKD key_ID {key_id} was already used (peer {row[0]})"
+                        )
+                    self._db.execute(
+                        "INSERT INTO key_ids VALUES (?, ?, ?, ?)",
+                        (key_id, peer_id, epoch, time.time()),
+                    )
+                if epoch is not None:
+                    last = self._last_epoch(peer_id)
+                    if epoch <= last:
+                        raise StaleEpochError(
+                            f"epoch {epoch} for peer {peer_id} is not above {last}"
+                        )
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO epochs VALUES (?, ?)", (peer_id, epoch)
+                    )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path} write failed: {exc}") from exc
+
+    def is_consumed(self, key_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM key_ids WHERE key_id = ?", (key_id,)).fetchone()
+        return row is not None
+
+    def last_epoch(self, peer_id: str) -> int:
+        """The last recorded epoch for the peer, 0 when none."""
+        return self._last_epoch(peer_id)
+
+    def record_epoch(self, peer_id: str, epoch: int) -> None:
+        """Record a new epoch; StaleEpochError unless it is above the last one."""
+        self.commit(peer_id, epoch, ())
+
+    def _last_epoch(self, peer_id: str) -> int:
+        row = self._db.execute("SELECT epoch FROM epochs WHERE peer_id = ?", (peer_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,54 @@
+"""ETSI GS QKD 014 key delivery: typed models, an async SAE client, key batching.
+
+The KME simulator lives in ``kms_client.sim`` and is imported separately.
+"""
+
+from kms_client._buffer import KeyBuffer
+from kms_client._client import KmeClient, KmeEndpoint, Method, RetryPolicy, SaeCredentials
+from kms_client._errors import (
+    KeyBufferClosed,
+    KmeBadRequest,
+    KmeIdentityMismatch,
+    KmeInvalidArgument,
+    KmeKeyNotFound,
+    KmeProtocolError,
+    KmeUnauthorized,
+    KmeUnavailable,
+    KmsError,
+)
+from kms_client._models import (
+    ErrorBody,
+    Key,
+    KeyContainer,
+    KeyIdRef,
+    KeyIDs,
+    KeyRequest,
+    Status,
+    key_bytes_for_bits,
+)
+
+__all__ = [
+    "ErrorBody",
+    "Key",
+    "KeyBuffer",
+    "KeyBufferClosed",
+    "KeyContainer",
+    "KeyIDs",
+    "KeyIdRef",
+    "KeyRequest",
+    "KmeBadRequest",
+    "KmeClient",
+    "KmeEndpoint",
+    "KmeIdentityMismatch",
+    "KmeInvalidArgument",
+    "KmeKeyNotFound",
+    "KmeProtocolError",
+    "KmeUnauthorized",
+    "KmeUnavailable",
+    "KmsError",
+    "Method",
+    "RetryPolicy",
+    "SaeCredentials",
+    "Status",
+    "key_bytes_for_bits",
+]
