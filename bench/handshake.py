@@ -1,0 +1,135 @@
+"""CPU cost of one whole handshake per suite vs the sum of its primitives.
+
+Prints one JSON object: {"suites": {NAME: {"handshake_cpu_ms", "primitives_cpu_ms", "ratio"}}}.
+Both sides run in one process, no network, no KME, a fixed 32-byte QKD key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway.crypto.builtin import ED25519, ML_DSA_65
+from gateway.crypto.combiner import combine
+from gateway.crypto.suites import (
+    SUITE_NAMES,
+    ProviderMissingError,
+    Suite,
+    lookup_suite,
+)
+from gateway.handshake import (
+    FetchQkdKeys,
+    FetchQkdKeysById,
+    HandshakeParams,
+    InitiatorHandshake,
+    InstallKey,
+    QkdKey,
+    ResponderHandshake,
+    SendMessage,
+)
+from gateway.identity import LocalIdentity
+
+QKD = QkdKey("00000000-0000-0000-0000-000000000001", bytes(range(32)))
+
+
+def handshake_once(ip: HandshakeParams, rp: HandshakeParams, epoch: int) -> None:
+    now = time.time()
+    ini = InitiatorHandshake(ip, epoch, now)
+    res = ResponderHandshake(rp, epoch - 1, now)
+    pending = [("i", ini.start(now))]
+    installed = 0
+    while pending:
+        side, actions = pending.pop()
+        for a in actions:
+            if isinstance(a, FetchQkdKeys):
+                pending.append(("i", ini.on_qkd_keys([QKD], now)))
+            elif isinstance(a, FetchQkdKeysById):
+                pending.append(("r", res.on_qkd_keys([QKD], now)))
+            elif isinstance(a, SendMessage):
+                if side == "i":
+                    pending.append(("r", res.on_message(a.data, now)))
+                else:
+                    pending.append(("i", ini.on_message(a.data, now)))
+            elif isinstance(a, InstallKey):
+                installed += 1
+                if side == "r":
+                    pending.append(("r", res.on_installed(now)))
+    if installed != 2:
+        raise RuntimeError("handshake did not complete")
+
+
+def cpu_ms(fn: Callable[[], object], n: int) -> float:
+    start = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - start) / n * 1000
+
+
+def primitives_ms(suite: Suite, ident: LocalIdentity, n: int) -> float:
+    pub = ident.public
+    msg = os.urandom(4000)
+    sig_ed, sig_ml = ident.sign(msg, b"ctx")
+    total = 0.0
+    for kem in suite.kems:
+        pair = kem.generate()
+        _, ct = kem.encapsulate(pair.public)
+        total += cpu_ms(kem.generate, n)
+        total += cpu_ms(lambda k=kem, p=pair: k.encapsulate(p.public), n)  # type: ignore[misc]
+        total += cpu_ms(lambda k=kem, p=pair, c=ct: k.decapsulate(p, c), n)  # type: ignore[misc]
+    # Two signatures of each kind (INIT, RESP), each verified once.
+    total += 2 * cpu_ms(lambda: ED25519.sign(ident.ed25519_private, msg, b"ctx"), n)
+    total += 2 * cpu_ms(lambda: ML_DSA_65.sign(ident.mldsa65_private, msg, b"ctx"), n)
+    total += 2 * cpu_ms(lambda: ED25519.verify(pub.ed25519, sig_ed, msg, b"ctx"), n)
+    total += 2 * cpu_ms(lambda: ML_DSA_65.verify(pub.mldsa65, sig_ml, msg, b"ctx"), n)
+    secrets = [(k.name, bytes(32)) for k in suite.kems]
+    total += 2 * cpu_ms(lambda: combine(bytes(32), secrets, bytes(48)), n)  # both sides
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--iterations", type=int, default=200)
+    ap.add_argument("--save", type=Path)
+    args = ap.parse_args()
+    a, b = LocalIdentity.generate(), LocalIdentity.generate()
+    result: dict[str, Any] = {"suites": {}, "iterations": args.iterations,
+                              "python": sys.version.split()[0]}
+    for name in SUITE_NAMES:
+        try:
+            suite = lookup_suite(name)
+        except ProviderMissingError:
+            result["suites"][name] = "not available (liboqs not installed)"
+            continue
+        if suite.static_kems:
+            result["suites"][name] = "static-key suite: not benchmarked here"
+            continue
+        ip = HandshakeParams("gw-a", "gw-b", a, b.public, suite)
+        rp = HandshakeParams("gw-b", "gw-a", b, a.public, suite)
+        counter = iter(range(1, 10**9))
+        handshake_once(ip, rp, next(counter))  # warm-up
+        hs = cpu_ms(
+            lambda ip=ip, rp=rp, c=counter: handshake_once(ip, rp, next(c)),  # type: ignore[misc]
+            args.iterations,
+        )
+        prim = primitives_ms(suite, a, args.iterations)
+        result["suites"][name] = {"handshake_cpu_ms": round(hs, 3),
+                                  "primitives_cpu_ms": round(prim, 3),
+                                  "ratio": round(hs / prim, 3)}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Gateway identities: the pasteable public string and `qsgw keygen`."""
+
+from __future__ import annotations
+
+import argparse
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway import identity_cli
+from gateway.identity import IdentityError, LocalIdentity, PublicIdentity
+
+
+def _keygen(out: Path, *extra: str) -> int:
+    parser = argparse.ArgumentParser()
+    identity_cli.add_arguments(parser)
+    return identity_cli.run(parser.parse_args(["--out", str(out), *extra]))
+
+
+def test_public_text_round_trip() -> None:
+    pub = LocalIdentity.generate().public
+    text = pub.to_text()
+    assert text.startswith("qsgw-id-v1:") and "\n" not in text
+    assert PublicIdentity.from_text("  " + text + "\n") == pub
+    assert len(pub.fingerprint()) == 39 and pub.fingerprint() in repr(pub)
+
+
+@pytest.mark.parametrize("bad", [
+    "", "qsgw-id-v2:AAAA.AAAA", "qsgw-id-v1:AAAA", "qsgw-id-v1:@@@.AAAA",
+    "qsgw-id-v1:AAAA.AAAA", "qsgw-id-v1:a.b.c",
+])
+def test_bad_public_text_is_refused(bad: str) -> None:
+    with pytest.raises(IdentityError):
+        PublicIdentity.from_text(bad)
+
+
+def test_keygen_writes_0600_and_refuses_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "id"
+    assert _keygen(out) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    for name in ("ed25519.key", "mldsa65.key"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
+    loaded = LocalIdentity.load(out)
+    assert loaded.public.to_text() == printed
+    assert repr(loaded) == "LocalIdentity()"
+    before = (out / "ed25519.key").read_bytes()
+    assert _keygen(out) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (out / "ed25519.key").read_bytes() == before
+    assert _keygen(out, "--force") == 0
+    assert (out / "ed25519.key").read_bytes() != before
+
+
+def test_load_refuses_group_readable_keys(tmp_path: Path) -> None:
+    LocalIdentity.generate().save(tmp_path)
+    (tmp_path / "mldsa65.key").chmod(0o640)
+    with pytest.raises(IdentityError, match="0600"):
+        LocalIdentity.load(tmp_path)
+
+
+def test_signatures_verify_only_with_both_keys() -> None:
+    from gateway.crypto.builtin import ED25519, ML_DSA_65
+
+    ident = LocalIdentity.generate()
+    sig_ed, sig_ml = ident.sign(b"msg", b"ctx")
+    pub = ident.public
+    assert ED25519.verify(pub.ed25519, sig_ed, b"msg", b"ctx")
+    assert ML_DSA_65.verify(pub.mldsa65, sig_ml, b"msg", b"ctx")
+    assert not ML_DSA_65.verify(pub.mldsa65, sig_ml, b"msg", b"other")
+    assert not ED25519.verify(pub.ed25519, sig_ed, b"msg", b"other")
