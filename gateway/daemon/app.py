@@ -2,7 +2,8 @@
 
 SIGTERM stops cleanly (tunnels keep their last key unless `on_shutdown: block`);
 SIGHUP reloads the config and applies the difference peer by peer, leaving the
-unchanged peers untouched; under systemd it sends READY and WATCHDOG.
+unchanged peers untouched; SIGUSR1 rekeys every initiated peer now; under
+systemd it sends READY and WATCHDOG.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gateway.config import ConfigError, GatewayConfig, PeerConfig, diff_peers, l
 from gateway.identity import LocalIdentity
 from gateway.journal import Journal
 from gateway.telemetry import Telemetry
+from gateway.telemetry.setup import build_telemetry
 from kms_client import KmeClient, KmeEndpoint, SaeCredentials
 
 from .context import DaemonContext
@@ -28,7 +30,6 @@ from .keysupply import KeySupply
 from .sdnotify import SystemdNotifier
 from .session import PeerSession
 from .status import StatusServer
-from .telemetry_setup import build_telemetry
 
 log = logging.getLogger("qsgw.daemon")
 
@@ -195,6 +196,12 @@ class GatewayDaemon:
             self._notifier.watchdog()
             await asyncio.sleep(self._notifier.watchdog_interval_s)
 
+    def rekey_all(self) -> None:
+        """SIGUSR1: every peer this gateway initiates to makes a new epoch now."""
+        log.info("rekey of all initiated peers requested")
+        for session in self.sessions.values():
+            session.trigger_rekey()
+
     def status_document(self) -> dict[str, Any]:
         now = time.monotonic()
         peers = []
@@ -217,6 +224,7 @@ class GatewayDaemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGUSR1, self.rekey_all)
         try:
             await self.start()
             await self._stop.wait()

@@ -10,6 +10,7 @@ from gateway.telemetry.facade import Telemetry
 from gateway.telemetry.logs import bind, configure_logging, peer_logger
 from gateway.telemetry.metrics import Metrics, MetricsSettings
 from gateway.telemetry.mqtt import MqttPublisher, MqttSettings, MqttSettingsError
+from gateway.telemetry.setup import build_telemetry
 
 __all__ = [
     "Alarm",
@@ -30,6 +31,7 @@ __all__ = [
     "Telemetry",
     "VerifyResult",
     "bind",
+    "build_telemetry",
     "configure_logging",
     "peer_logger",
     "verify_files",
