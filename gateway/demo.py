@@ -59,7 +59,16 @@ def main() -> int:
     outage_at, heal_at = seconds * 0.4, seconds * 0.75
     cleanup_stale(DEMO_PREFIX)  # leftovers of an earlier, killed demo
     # SIGTERM (e.g. from a CI timeout) takes the same path as Ctrl-C: clean up.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Only in this process: pyroute2 forks helpers that it ends with SIGTERM,
+    # and a fork that raised here would unwind into our cleanup.
+    main_pid = os.getpid()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:
+            os._exit(0)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     with tempfile.TemporaryDirectory(prefix="qsgw-demo-") as tmp, NetnsLab(prefix=DEMO_PREFIX) as lab:
         sites = SiteLab(lab, Path(tmp), TOPOLOGY)
         try:
