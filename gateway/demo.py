@@ -12,10 +12,13 @@ removes every namespace and process.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
 import sys
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +39,22 @@ def _ping(lab: NetnsLab, ns: str, address: str) -> str:
     return f"{float(match.group(1)):.2f} ms" if res.returncode == 0 and match else "lost"
 
 
+def _print_alarms(proc: subprocess.Popen[str]) -> None:
+    """Alarm events from the gateways' MQTT telemetry, as a NOC would see them."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        _topic, _, payload = line.partition(" ")
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            continue
+        if event.get("event") not in ("alarm_raised", "alarm_cleared"):
+            continue
+        verb = "RAISED " if event["event"] == "alarm_raised" else "cleared"
+        print(f"  ALARM {verb} {event['gateway']}: {event['alarm']} ({event['subject']}) "
+              f"{event.get('detail', '')[:70]}", flush=True)
+
+
 def _row(sites: SiteLab, t: Tunnel, elapsed: float) -> str:
     st: dict[str, Any] | None = sites.peer_status(t.a, t.b.gateway_id)
     ping = _ping(sites.lab, t.a.name, t.ip_b)
@@ -44,6 +63,8 @@ def _row(sites: SiteLab, t: Tunnel, elapsed: float) -> str:
     age = "-" if st["key_age_s"] is None else f"{st['key_age_s']:.0f}s"
     sources = "+".join(st["sources"]) or "-"
     err = st.get("last_error") or ""
+    if st.get("installed_at") and (st.get("last_error_at") or 0) < st["installed_at"]:
+        err = ""  # an error older than the key in use is history
     return (f"{elapsed:5.0f}s  {t.a.gateway_id + ' -> ' + t.b.gateway_id:24} {st['policy']:9} "
             f"{st['state']:9} {st['epoch']:5}  {age:>5}  {sources:22} {ping:>9}  {err[:48]}")
 
@@ -84,6 +105,11 @@ def main() -> int:
             sites.start_simulator()
             print(f"KME simulator up: {', '.join(sorted(sites.endpoints['kmes']))} "
                   f"(logs and configs in {tmp})")
+            broker = sites.start_broker()
+            print(f"mosquitto up at {broker['host']}:{broker['port']}: the gateways publish "
+                  "state, events and alarms there; alarms are printed as they arrive")
+            alarms = sites.subscribe("qsgw/+/events")
+            threading.Thread(target=_print_alarms, args=(alarms,), daemon=True).start()
             for site in (hub, b1, b2):
                 sites.write_config(site)
                 sites.start_daemon(site)

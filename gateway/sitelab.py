@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -93,6 +94,7 @@ class SiteLab:
         self.tunnels: list[Tunnel] = []
         self.endpoints: dict[str, Any] = {}
         self._sim: subprocess.Popen[bytes] | None = None
+        self.broker: dict[str, Any] = {}
         self._core_ready = False
 
     # ------------------------------------------------------------------ network
@@ -208,6 +210,47 @@ class SiteLab:
     def delivered(self, sae_id: str) -> list[str]:
         return list(self.admin("GET", f"/delivered/{sae_id}")["key_IDs"])
 
+    # ------------------------------------------------------------------ MQTT broker
+
+    def start_broker(self, port: int = 1883, timeout_s: float = 10.0) -> dict[str, Any]:
+        """A real mosquitto in the KME namespace (password auth), for telemetry."""
+        d = self.workdir / "mosquitto"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        user, password = "qsgw", secrets.token_urlsafe(16)
+        passwd = d / "passwd"
+        subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), user, password],
+                       check=True, capture_output=True, timeout=30)
+        pw_file = d / "client.password"
+        fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
+        conf = d / "mosquitto.conf"
+        conf.write_text(f"user root\npersistence false\nlog_dest file {d / 'mosquitto.log'}\n"
+                        f"allow_anonymous false\npassword_file {passwd}\n"
+                        f"listener {port} {KME_ADDRESS}\n")
+        self.lab.popen(KME_NS, ["mosquitto", "-c", str(conf)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            res = self.lab.run(KME_NS, ["mosquitto_pub", "-h", KME_ADDRESS, "-p", str(port),
+                                        "-u", user, "-P", password, "-t", "qsgw-lab/ready",
+                                        "-m", "1"], timeout=5)
+            if res.returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise NetnsError("mosquitto did not start")
+        self.broker = {"host": KME_ADDRESS, "port": port, "username": user,
+                       "password_file": str(pw_file), "password": password}
+        return self.broker
+
+    def subscribe(self, topic: str) -> subprocess.Popen[str]:
+        """mosquitto_sub in the KME namespace: one line per message, `TOPIC PAYLOAD`."""
+        b = self.broker
+        return self.lab.popen(KME_NS, ["mosquitto_sub", "-h", b["host"], "-p", str(b["port"]),
+                                       "-u", b["username"], "-P", b["password"], "-t", topic,
+                                       "-v"], stdout=subprocess.PIPE, text=True, bufsize=1)
+
     # ------------------------------------------------------------------ gateways
 
     def write_config(self, site: Site, extra: dict[str, Any] | None = None) -> None:
@@ -233,6 +276,11 @@ class SiteLab:
             "peers": site.peers,
             "telemetry": {"logging": {"level": "info", "format": "json"}},
         }
+        if self.broker:
+            b = self.broker
+            doc["telemetry"]["mqtt"] = {"host": b["host"], "port": b["port"],
+                                        "username": b["username"],
+                                        "password_file": b["password_file"]}
         if extra:
             _merge(doc, extra)
         tmp = site.config_path.with_suffix(".tmp")
