@@ -83,6 +83,7 @@ class Link:
     ifname_b: str
 
 
+@functools.cache  # one probe per process: root and netns support do not change
 @_loop_safe
 def netns_unavailable_reason() -> str | None:
     """Why namespaces cannot be used here, or None when they can."""

@@ -13,7 +13,7 @@ import os
 import socket
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,7 +58,6 @@ class WireGuardSettings:
     netns: str | None = None
     #: Seconds to wait for wireguard-go's UAPI socket and for each UAPI reply.
     timeout_s: float = 5.0
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.interface or len(self.interface) > 15 or "/" in self.interface:
@@ -127,6 +126,18 @@ def read_private_key(path: Path) -> bytes:
         # Never echo the content: it is (or resembles) a secret.
         raise TunnelError(f"private key file {path} does not hold a base64 32-byte key")
     return raw
+
+
+def check_not_own_key(private: bytes, peer_public: bytes, ifname: str) -> None:
+    """WireGuard silently ignores a peer whose key is the interface's own; say so."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    own = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+    if own == peer_public:
+        raise TunnelError(
+            f"{ifname}: peer_public_key is this interface's own public key "
+            "(the two sites' keys are swapped or copied)"
+        )
 
 
 def check_key(key: bytes, what: str, ifname: str) -> None:

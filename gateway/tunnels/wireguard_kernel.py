@@ -127,9 +127,11 @@ class WireGuardKernelDriver:
             if self._peer() is None:
                 raise TunnelError(f"{self.ifname}: peer {s.peer_public_key} is not configured")
             return
-        fresh = self._create_link()
         assert s.private_key_file is not None  # checked by WireGuardSettings
-        private = base64.b64encode(wgc.read_private_key(s.private_key_file)).decode()
+        raw_private = wgc.read_private_key(s.private_key_file)
+        wgc.check_not_own_key(raw_private, self._peer_pk, self.ifname)
+        fresh = self._create_link()
+        private = base64.b64encode(raw_private).decode()
         peer = self._peer_spec(None, None, None)
         if fresh:  # fail closed until the first epoch key (as in the UAPI driver)
             peer["preshared_key"] = self._random_psk()
@@ -158,7 +160,7 @@ class WireGuardKernelDriver:
 
     async def install_key(self, epoch: int, key: bytes) -> None:
         wgc.check_key(key, "epoch key", self.ifname)
-        psk = base64.b64encode(bytes(key)).decode()
+        psk = base64.b64encode(key).decode()
         await asyncio.to_thread(self._wg_set, peer={
             "public_key": self._peer_b64, "update_only": True, "preshared_key": psk,
         })

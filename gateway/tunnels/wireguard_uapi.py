@@ -181,24 +181,32 @@ class WireGuardUapiDriver:
             if dev.peer(self._peer_pk) is None:
                 raise TunnelError(f"{self.ifname}: peer {s.peer_public_key} is not configured")
             return
-        fresh = not await self._answers()
-        if fresh:
-            await self._spawn()
+        # Everything that can be checked is checked before a process exists.
         assert s.private_key_file is not None  # checked by WireGuardSettings
         private = wgc.read_private_key(s.private_key_file)
+        wgc.check_not_own_key(private, self._peer_pk, self.ifname)
         lines = [f"private_key={private.hex()}"]
         if s.listen_port is not None:
             lines.append(f"listen_port={s.listen_port}")
         lines += await self._peer_lines(endpoint=None)
+        fresh = not await self._answers()
         if fresh:
             # Fail closed: until the first epoch key arrives, no handshake can
-            # complete (a zero PSK would give a classical-only tunnel).
+            # complete (a zero PSK would give a classical-only tunnel). A
+            # restarted daemon adopting its interface keeps the installed PSK.
             lines.append(f"preshared_key={secrets.token_hex(wgc.KEY_LEN)}")
-        # A restarted daemon adopting its interface keeps the installed PSK.
-        await self._uapi.set(lines)
-        await asyncio.to_thread(
-            wgc.configure_interface, self.ifname, s.netns, s.addresses, s.allowed_ips
-        )
+            await self._spawn()
+        try:
+            await self._uapi.set(lines)
+            if (await self._uapi.get()).peer(self._peer_pk) is None:
+                raise TunnelError(f"{self.ifname}: wireguard-go did not accept the peer")
+            await asyncio.to_thread(
+                wgc.configure_interface, self.ifname, s.netns, s.addresses, s.allowed_ips
+            )
+        except BaseException:
+            if fresh:  # leave nothing half-made behind
+                await asyncio.to_thread(self._terminate)
+            raise
         log.info("wireguard %s up (userspace, %s)", self.ifname, "new" if fresh else "adopted")
 
     async def install_key(self, epoch: int, key: bytes) -> None:
@@ -210,7 +218,7 @@ class WireGuardUapiDriver:
         await self._uapi.set([
             f"public_key={self._peer_pk.hex()}",
             "update_only=true",
-            f"preshared_key={bytes(key).hex()}",
+            f"preshared_key={key.hex()}",
         ])
         self._epoch = epoch
         log.info("wireguard %s: epoch %d key installed", self.ifname, epoch)
@@ -230,10 +238,13 @@ class WireGuardUapiDriver:
             log.warning("wireguard %s: block: peer absent, nothing can flow", self.ifname)
             return
         lines = [f"public_key={self._peer_pk.hex()}", "remove=true"]
-        lines += await self._peer_lines(endpoint=None if current is None else current.endpoint,
-                                        allowed=None if current is None else current.allowed_ips,
-                                        keepalive=None if current is None
-                                        else current.persistent_keepalive_s)
+        if current is None:  # full mode: put the configured peer back
+            lines += await self._peer_lines(endpoint=None)
+        else:  # as it was (psk-only: as the operator made it)
+            lines += await self._peer_lines(
+                endpoint=current.endpoint, allowed=current.allowed_ips,
+                keepalive=current.persistent_keepalive_s,
+            )
         lines.append(f"preshared_key={secrets.token_hex(wgc.KEY_LEN)}")
         await self._uapi.set(lines)
         self._epoch = None
@@ -251,8 +262,12 @@ class WireGuardUapiDriver:
             return TunnelHealth(up=False, detail=f"{self.ifname}: no handshake yet",
                                 rx_bytes=peer.rx_bytes, tx_bytes=peer.tx_bytes)
         age = max(0.0, time.time() - peer.last_handshake_unix)
+        # Session keys older than REJECT_AFTER_TIME carry nothing; an idle
+        # tunnel without keepalive therefore reads "stale" until used again.
         up = age < wgc.REJECT_AFTER_TIME_S
-        detail = f"{self.ifname}: last handshake {age:.0f} s ago" + ("" if up else " (stale)")
+        epoch = "no epoch key" if self._epoch is None else f"epoch {self._epoch}"
+        detail = (f"{self.ifname}: {epoch}, last handshake {age:.0f} s ago"
+                  + ("" if up else " (stale)"))
         return TunnelHealth(up=up, detail=detail, last_handshake_age_s=age,
                             rx_bytes=peer.rx_bytes, tx_bytes=peer.tx_bytes)
 
@@ -291,8 +306,11 @@ class WireGuardUapiDriver:
         if keepalive is None:
             keepalive = s.persistent_keepalive_s or 0
         lines.append(f"persistent_keepalive_interval={keepalive}")
-        lines.append("replace_allowed_ips=true")
-        lines += [f"allowed_ip={a}" for a in (s.allowed_ips if allowed is None else allowed)]
+        if allowed is None:
+            # Our own configuration (manage: full): make it exactly that.
+            lines.append("replace_allowed_ips=true")
+            allowed = s.allowed_ips
+        lines += [f"allowed_ip={a}" for a in allowed]
         return lines
 
     async def _spawn(self) -> None:
