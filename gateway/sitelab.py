@@ -160,13 +160,14 @@ class SiteLab:
 
     # ------------------------------------------------------------------ KME simulator
 
-    def start_simulator(self, timeout_s: float = 30.0) -> None:
+    def start_simulator(self, timeout_s: float = 30.0, record_keys: bool = False) -> None:
         state = self.workdir / "kme-sim"
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         log = (self.workdir / "kme-sim.log").open("wb")
         self._sim = self.lab.popen(KME_NS, qsgw_argv(
             "kme-sim", "--topology", str(self.topology), "--state-dir", str(state),
-            "--host", KME_ADDRESS), stdout=log, stderr=subprocess.STDOUT)
+            "--host", KME_ADDRESS, *(["--record-keys-for-tests"] if record_keys else [])),
+            stdout=log, stderr=subprocess.STDOUT)
         endpoints = state / "endpoints.json"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -206,6 +207,11 @@ class SiteLab:
 
     def clear_faults(self) -> None:
         self.admin("DELETE", "/faults")
+
+    def recorded_keys(self) -> dict[str, str]:
+        """key_ID -> base64 key of every QKD key handed out (simulator started with
+        record_keys=True): for tests that search outputs for key material."""
+        return dict(self.admin("GET", "/recorded-keys")["keys"])
 
     def delivered(self, sae_id: str) -> list[str]:
         return list(self.admin("GET", f"/delivered/{sae_id}")["key_IDs"])

@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fault-injection endpoint on 127.0.0.1 (default: a free port, printed)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for random fault decisions")
+    parser.add_argument(
+        "--record-keys-for-tests",
+        action="store_true",
+        help="keep every key handed out, readable at the admin endpoint's /recorded-keys "
+        "(for tests that search outputs for key material; never for anything else)",
+    )
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -51,6 +57,7 @@ async def _serve(args: argparse.Namespace) -> int:
         base_port=args.base_port,
         admin_port=args.admin_port,
         seed=args.seed,
+        record_keys=args.record_keys_for_tests,
     ) as sim:
         ep = sim.endpoints
         print(f"topology {sim.topology.name}: {len(ep['kmes'])} KMEs", flush=False)

@@ -14,6 +14,8 @@ A plain-HTTP admin endpoint on 127.0.0.1 sets faults at run time:
     DELETE /faults/{KME_ID}        heal one KME;  DELETE /faults: heal all
     GET    /pools                  -> {pool: {available_bits, capacity_bits, rate_bps, held_empty}}
     GET    /delivered/{SAE_ID}     -> {"sae_ID": ..., "key_IDs": [every key_ID delivered, in order]}
+    GET    /recorded-keys          -> {"keys": {key_ID: base64 key}} only when started with
+                                      --record-keys-for-tests (tests that search outputs for keys)
 
 A fault, as sent and answered: {"latency_s": 0.2, "error_rate": 0.1, "outage": false,
 "outage_windows": [[10, 20]], "empty_pools": false, "key_delay_s": 1.5} (windows in seconds
@@ -105,8 +107,12 @@ class Simulator:
         admin_port: int,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
+        record_keys: bool = False,
     ) -> None:
         self.topology = topology
+        # Test aid, off by default: keep every key handed out so that a test can
+        # search a gateway's outputs for QKD key material. Never on in a real KME.
+        self.recorded_keys: dict[str, str] | None = {} if record_keys else None
         self.state_dir = Path(state_dir).resolve()
         self.host = host
         self._base_port = base_port
@@ -140,6 +146,7 @@ class Simulator:
         base_port: int | None = 0,
         admin_port: int = 0,
         seed: int | None = None,
+        record_keys: bool = False,
     ) -> AsyncIterator[Simulator]:
         """Start every KME; base_port 0 picks free ports, None takes the topology's ports."""
         sim = cls(
@@ -148,6 +155,7 @@ class Simulator:
             host,
             base_port=base_port,
             admin_port=admin_port,
+            record_keys=record_keys,
             seed=seed,
         )
         try:
@@ -298,6 +306,8 @@ class Simulator:
             key_id = str(uuid.uuid4())
             key_b64 = base64.b64encode(os.urandom(size // 8)).decode()
             self._keys[key_id] = _KeyRecord(master, slave_set, set(slaves), ready, ext, key_b64)
+            if self.recorded_keys is not None:
+                self.recorded_keys[key_id] = key_b64
             ids.append(key_id)
             out.append({"key_ID": key_id, "key_ID_extension": ext, "key": key_b64})
         return out
@@ -578,6 +588,7 @@ class _AdminHandlers:
         app.router.add_delete("/faults", self.delete_faults)
         app.router.add_get("/pools", self.pools)
         app.router.add_get("/delivered/{sae}", self.delivered)
+        app.router.add_get("/recorded-keys", self.recorded_keys)
 
     async def get_faults(self, request: web.Request) -> web.Response:
         return _json({k: f.to_json() for k, f in self.sim.faults().items()})
@@ -618,6 +629,11 @@ class _AdminHandlers:
 
     async def pools(self, request: web.Request) -> web.Response:
         return _json(self.sim.network.snapshot())
+
+    async def recorded_keys(self, request: web.Request) -> web.Response:
+        if self.sim.recorded_keys is None:
+            return _json({"message": "key recording is off (--record-keys-for-tests)"}, 404)
+        return _json({"keys": self.sim.recorded_keys})
 
     async def delivered(self, request: web.Request) -> web.Response:
         sae = request.match_info["sae"]
