@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import secrets
@@ -34,7 +35,7 @@ from vici.exception import CommandException, SessionException
 
 from gateway.tunnels.base import TunnelError, TunnelHealth
 
-__all__ = ["IpsecSettings", "StrongSwanDriver"]
+__all__ = ["IpsecSettings", "StrongSwanDriver", "make_strongswan_driver"]
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,8 @@ class _IkeSa:
     spis: tuple[str, str]
     established_s: float | None
     child_installed: bool
+    #: uniqueids of the INSTALLED CHILD_SAs.
+    installed_children: frozenset[str]
     bytes_in: int
     bytes_out: int
 
@@ -212,10 +215,12 @@ class _IkeSa:
 
         children: Mapping[str, Any] = sa.get("child-sas") or {}
         installed = False
+        installed_ids: set[str] = set()
         bytes_in = bytes_out = 0
         for child in children.values():
             if child.get("state") == b"INSTALLED":
                 installed = True
+                installed_ids.add(_text(child.get("uniqueid", b"")))
             bytes_in += int(child.get("bytes-in", b"0"))
             bytes_out += int(child.get("bytes-out", b"0"))
         established = text("established")
@@ -226,6 +231,7 @@ class _IkeSa:
             spis=(text("initiator-spi"), text("responder-spi")),
             established_s=float(established) if established else None,
             child_installed=installed,
+            installed_children=frozenset(installed_ids),
             bytes_in=bytes_in,
             bytes_out=bytes_out,
         )
@@ -258,9 +264,10 @@ def _read_secret_file(path: Path, what: str, conn: str) -> bytes:
 class StrongSwanDriver:
     """`TunnelDriver` for one strongSwan IKEv2 connection keyed by RFC 8784 PPKs.
 
-    `on_down(detail)` is called on the event loop that ran `start()` when the
-    tunnel goes down without the driver asking for it (peer deleted it, DPD,
-    charon restarted); the daemon then installs a key and calls `activate`.
+    `on_down(detail)` (settable attribute) is called on the event loop that
+    ran `start()` when the tunnel goes down without the driver asking for it
+    (peer deleted it, DPD, charon restarted); the daemon then calls
+    `activate` again (after a new `install_key`, or with the current epoch).
     """
 
     def __init__(
@@ -271,7 +278,7 @@ class StrongSwanDriver:
     ) -> None:
         settings.validate()
         self.settings = settings
-        self._on_down = on_down
+        self.on_down = on_down
         self._name = f"ipsec {settings.connection}"
         self._ppk_handle = f"qsgw-ppk-{settings.connection}"
         self._psk_handle = f"qsgw-ike-{settings.connection}"
@@ -281,9 +288,13 @@ class StrongSwanDriver:
         # Set when the command session broke: the next session reloads state.
         self._needs_reload = False
         self._secret: _Secret | None = None
+        # Highest epoch installed; survives block() so epochs never go back.
+        self._last_epoch: int | None = None
         # The epoch whose PPK keyed the newest IKE SA (None: unknown / none).
         self._active_epoch: int | None = None
         self._blocked = False
+        # One on_down per outage (an IKE SA going takes its CHILD_SAs along).
+        self._down_reported = False
         self._charon_lost: str | None = None
         self._started = False
         self._stopping = threading.Event()
@@ -347,6 +358,13 @@ class StrongSwanDriver:
                                     f"{self._name}: lost charon while reloading"
                                 ) from None
                             continue
+                        except (CommandException, TunnelError) as exc:
+                            # Keep _needs_reload: the next call tries again.
+                            self._drop_session()
+                            text = _errmsg(exc) if isinstance(exc, CommandException) else exc
+                            raise TunnelError(
+                                f"{self._name}: reloading into restarted charon failed: {text}"
+                            ) from None
                     self._needs_reload = False
                 try:
                     return fn(self._session)
@@ -533,10 +551,10 @@ class StrongSwanDriver:
                 f"{self._name}: PPK must be {MIN_PPK_BYTES}..{MAX_PPK_BYTES} bytes, "
                 f"got {len(key)}"
             )
-        if self._secret is not None and epoch < self._secret.epoch:
+        if self._last_epoch is not None and epoch < self._last_epoch:
             raise TunnelError(
                 f"{self._name}: epoch {epoch} is older than the installed epoch "
-                f"{self._secret.epoch}"
+                f"{self._last_epoch}"
             )
         new = _Secret(epoch, bytearray(key))
         try:
@@ -545,6 +563,7 @@ class StrongSwanDriver:
             new.wipe()
             raise
         old, self._secret = self._secret, new
+        self._last_epoch = epoch
         self._blocked = False
         if old is not None:
             old.wipe()
@@ -568,20 +587,26 @@ class StrongSwanDriver:
         old_ids = {sa.uniqueid for sa in before}
         with self._seen_lock:
             self._seen_ids.clear()
-        established = [sa for sa in before if sa.state == "ESTABLISHED"]
-        if established:
+        carrying = [sa for sa in before if sa.state == "ESTABLISHED" and sa.child_installed]
+        if carrying:
+            target = carrying[-1].uniqueid
             # Duplicates (both ends initiated at once) are dropped first: the
             # newest carries the traffic and is the one reauthenticated.
-            for dup in established[:-1]:
-                await self._call(lambda session, uid=dup.uniqueid: self._terminate(session, uid))
-            target = established[-1].uniqueid
+            for other in before:
+                if other.uniqueid != target:
+                    await self._call(functools.partial(self._terminate, uniqueid=other.uniqueid))
             await self._call(
                 lambda session: session.rekey({"ike-id": target, "reauth": "yes"})
             )
         else:
+            # No traffic to keep: a reauthentication would only re-create the
+            # CHILD_SAs that exist (none), so start over.
+            for other in before:
+                await self._call(functools.partial(self._terminate, uniqueid=other.uniqueid))
             await self._call(lambda session: self._initiate(session, timeout))
         new = await self._wait_for_new_sa(old_ids, timeout)
         self._active_epoch = epoch
+        self._down_reported = False
         log.info(
             "%s: epoch %d active, IKE SA #%s established with PPK",
             self._name,
@@ -738,10 +763,14 @@ class StrongSwanDriver:
     # ------------------------------------------------------------------ events
 
     def _report_down(self, detail: str) -> None:
+        if self._down_reported:
+            return
+        self._down_reported = True
         log.warning("%s: tunnel down: %s", self._name, detail)
-        if self._on_down is not None and self._loop is not None and not self._stopping.is_set():
+        callback = self.on_down
+        if callback is not None and self._loop is not None and not self._stopping.is_set():
             with contextlib.suppress(RuntimeError):  # loop closed
-                self._loop.call_soon_threadsafe(self._on_down, detail)
+                self._loop.call_soon_threadsafe(callback, detail)
 
     def _follow_events(self) -> None:
         """Event thread: notice SAs going down and charon going away."""
@@ -803,6 +832,7 @@ class StrongSwanDriver:
             # learns this way which epoch is in use).
             secret = self._secret
             self._active_epoch = secret.epoch if secret and not self._blocked else None
+            self._down_reported = False
         elif name == "ike-updown" and "up" not in event:
             uid = _text(event[conn].get("uniqueid"))
             # Reauthentication deletes the old SA after the new one is up:
@@ -815,7 +845,19 @@ class StrongSwanDriver:
             if not others and not self._blocked:
                 self._report_down(f"IKE SA #{uid} deleted, no IKE SA left")
         elif name == "child-updown" and "up" not in event:
-            log.info("%s: CHILD_SA down", self._name)
+            # The peer may close the CHILD_SA alone (close_action none): the
+            # IKE SA stays but no traffic flows.
+            going = {
+                _text(child.get("uniqueid", b""))
+                for child in (event[conn].get("child-sas") or {}).values()
+            }
+            try:
+                sas = self._locked(self._ike_sas)
+            except TunnelError:
+                return
+            left = any(self._good(sa) and sa.installed_children - going for sa in sas)
+            if not left and not self._blocked:
+                self._report_down("CHILD_SA deleted, no CHILD_SA left")
 
 
 def _concrete(addr: str) -> bool:
@@ -843,3 +885,12 @@ def _conn_names(session: vici.Session) -> set[str]:
     conns: Iterable[Any] = reply.get("conns", [])
     return {_text(c) for c in conns}
 
+
+def make_strongswan_driver(
+    tunnel: Any,
+    *,
+    initiator: bool,
+    on_down: Callable[[str], None] | None = None,
+) -> StrongSwanDriver:
+    """The driver for a config `IpsecTunnel`; `initiator` comes from the peer's role."""
+    return StrongSwanDriver(IpsecSettings.from_config(tunnel, initiator=initiator), on_down=on_down)
