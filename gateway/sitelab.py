@@ -45,6 +45,7 @@ class Site:
     identity_text: str = ""
     peers: list[dict[str, Any]] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    charon: Any = None
 
     @property
     def config_path(self) -> Path:
@@ -67,7 +68,8 @@ class Tunnel:
     policy: str
     rekey_interval_s: float
     key_lifetime_s: float
-    if_a: str = ""
+    kind: str = "wireguard"
+    if_a: str = ""  # WireGuard interface, or the IPsec connection name
     if_b: str = ""
 
     @property
@@ -157,6 +159,65 @@ class SiteLab:
             })
         self.tunnels.append(t)
         return t
+
+    def _charon(self, site: Site) -> Any:
+        """This site's private charon (kernel-libipsec: userspace ESP over TUN)."""
+        from gateway.tunnels.charon_process import CharonInstance
+
+        if site.charon is None:
+            workdir = site.dir / "charon"
+            workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+            def spawn(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+                with (workdir / "charon.stderr").open("ab") as out:
+                    return self.lab.popen(site.name, argv, stdout=out, stderr=subprocess.STDOUT)
+
+            site.charon = CharonInstance(workdir, spawn=spawn)
+            site.charon.start()
+        return site.charon
+
+    def add_ipsec_tunnel(self, a: Site, b: Site, policy: str = "required",
+                         rekey_interval_s: float = 10.0,
+                         key_lifetime_s: float = 25.0) -> Tunnel:
+        """An IKEv2 tunnel between the sites' inner addresses, PSK-authenticated,
+        with the epoch key as RFC 8784 PPK (ppk_required)."""
+        t = Tunnel(a, b, len(self.tunnels), policy, rekey_interval_s, key_lifetime_s, "ipsec")
+        t.if_a = t.if_b = f"qsgw-{t.index}-{self.lab.suffix}"  # the connection name
+        psk = self.workdir / f"ike-{t.index}.psk"
+        fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        for me, other, my_ip, other_ip in ((a, b, t.ip_a, t.ip_b), (b, a, t.ip_b, t.ip_a)):
+            self.lab.add_address(me.name, "lo", f"{my_ip}/32")
+            charon = self._charon(me)
+            me.peers.append({
+                "id": other.gateway_id,
+                "sae_id": other.sae_id,
+                "control": f"{other.underlay_ip}:{CONTROL_PORT}",
+                "identity": other.identity_text,
+                "qkd": policy,
+                "rekey_interval_s": rekey_interval_s,
+                "key_lifetime_s": key_lifetime_s,
+                "retry_backoff_s": {"initial": 0.5, "max": 4},
+                "tunnel": {
+                    "type": "ipsec",
+                    "vici_socket": f"unix://{charon.vici_socket}",
+                    "manage": "full",
+                    "connection": t.if_a,
+                    "ppk_id": f"{t.if_a}-ppk",
+                    "local_addrs": [me.underlay_ip],
+                    "remote_addrs": [other.underlay_ip],
+                    "local_ts": [f"{my_ip}/32"],
+                    "remote_ts": [f"{other_ip}/32"],
+                    "auth": {"psk_file": str(psk)},
+                },
+            })
+        self.tunnels.append(t)
+        return t
+
+    def restart_charon(self, site: Site) -> None:
+        assert site.charon is not None
+        site.charon.restart()
 
     # ------------------------------------------------------------------ KME simulator
 
@@ -348,6 +409,8 @@ class SiteLab:
     def close(self) -> None:
         for site in self.sites.values():
             self.stop_daemon(site, timeout_s=10)
+            if site.charon is not None:
+                site.charon.stop()
         # The lab kills the simulator and removes the namespaces.
 
 

@@ -72,6 +72,9 @@ class PeerStatus:
     consecutive_failures: int = 0
     epochs_made: int = 0
     next_rekey_mono: float | None = None
+    tunnel_downs: int = 0  # times the data plane dropped the tunnel on its own
+    last_tunnel_down: str | None = None
+    last_tunnel_down_at: float | None = None
 
     def as_dict(self, now_mono: float) -> dict[str, Any]:
         return {
@@ -89,6 +92,9 @@ class PeerStatus:
             "last_error_at": self.last_error_at,
             "consecutive_failures": self.consecutive_failures,
             "epochs_made": self.epochs_made,
+            "tunnel_downs": self.tunnel_downs,
+            "last_tunnel_down": self.last_tunnel_down,
+            "last_tunnel_down_at": self.last_tunnel_down_at,
             "next_rekey_in_s": None if self.next_rekey_mono is None
             else round(max(0.0, self.next_rekey_mono - now_mono), 3),
         }
@@ -130,6 +136,9 @@ class PeerSession:
         self.tunnel_started = False
         self.epoch_installed = asyncio.Condition()
         self.log = peer_logger(log, peer.id)
+        if hasattr(driver, "on_down"):
+            # IPsec: charon reports a tunnel it dropped on its own; bring it back.
+            driver.on_down = self._on_tunnel_down
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -175,6 +184,17 @@ class PeerSession:
                 await self.driver.block()
         with contextlib.suppress(TunnelError):
             await self.driver.stop(keep_tunnel=keep_tunnel)
+
+    def _on_tunnel_down(self, detail: str) -> None:
+        st = self.status
+        st.tunnel_downs += 1
+        st.last_tunnel_down = detail
+        st.last_tunnel_down_at = st.last_error_at = time.time()
+        st.last_error = f"tunnel down: {detail}"
+        self.log.warning("tunnel went down: %s", detail)
+        self._publish()
+        if self.initiator and self.status.state != "blocked":
+            self.trigger_rekey()  # a new epoch, installed and activated, brings it back
 
     def trigger_rekey(self) -> None:
         """Start a handshake now (benchmarks, tests, `qsgw rekey`)."""

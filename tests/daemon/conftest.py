@@ -44,7 +44,7 @@ def sitelab() -> Iterator[SiteLab]:
 def _dump_logs_on_failure(tmp: Path) -> None:
     # Printed output only shows when the test failed: the daemons' last lines.
     for log in sorted(tmp.glob("*/daemon.log")):
-        lines = log.read_text(errors="replace").splitlines()[-15:]
+        lines = log.read_text(errors="replace").splitlines()[-60:]
         print(f"--- {log.parent.name}/daemon.log (last {len(lines)} lines)")
         print("\n".join(lines))
 
