@@ -1,11 +1,13 @@
-"""`make demo`: the MadQCI deployment as three gateway sites in network namespaces.
+"""`make demo`: the MadQCI deployment as gateway sites in network namespaces.
 
 A hub (INTA) and two branches (SGSICS, UPM) keep WireGuard tunnels (real
-wireguard-go) keyed by QKD + ML-KEM-768 + X25519 epochs, each from its own
-`qsgw run` daemon; the KME simulator serves the MadQCI MDI-QKD topology over
+wireguard-go), and a second UPM gateway an IKEv2 tunnel (real charon with
+userspace ESP), all keyed by QKD + ML-KEM-768 + X25519 epochs, each site by
+its own `qsgw run` daemon; the KME simulator serves the MadQCI MDI-QKD topology over
 mutual TLS. Halfway through, the hub's KME goes dark: the `required` tunnel
 (to SGSICS) is blocked once its key expires, the `preferred` one (to UPM) goes
-on without QKD, flagged degraded; then the KME comes back and so does the
+on without QKD, flagged degraded; the `required` IPsec tunnel is torn down
+like the WireGuard one; then the KME comes back and so does the
 blocked tunnel. DEMO_SECONDS sets the length (default 60). Ctrl-C or the end
 removes every namespace and process.
 """
@@ -33,8 +35,9 @@ DEMO_PREFIX = "demo"
 RTT = re.compile(r"time=([\d.]+) ms")
 
 
-def _ping(lab: NetnsLab, ns: str, address: str) -> str:
-    res = lab.run(ns, ["ping", "-n", "-c", "1", "-W", "1", address], timeout=5)
+def _ping(lab: NetnsLab, ns: str, address: str, source: str | None = None) -> str:
+    argv = ["ping", "-n", "-c", "1", "-W", "1", *(["-I", source] if source else []), address]
+    res = lab.run(ns, argv, timeout=5)
     match = RTT.search(res.stdout)
     return f"{float(match.group(1)):.2f} ms" if res.returncode == 0 and match else "lost"
 
@@ -57,15 +60,16 @@ def _print_alarms(proc: subprocess.Popen[str]) -> None:
 
 def _row(sites: SiteLab, t: Tunnel, elapsed: float) -> str:
     st: dict[str, Any] | None = sites.peer_status(t.a, t.b.gateway_id)
-    ping = _ping(sites.lab, t.a.name, t.ip_b)
+    ping = _ping(sites.lab, t.a.name, t.ip_b, t.ip_a if t.kind == "ipsec" else None)
     if st is None:
-        return f"{elapsed:5.0f}s  {t.a.gateway_id + ' -> ' + t.b.gateway_id:24} (daemon not answering)"
+        return f"{elapsed:5.0f}s  {t.a.gateway_id} -> {t.b.gateway_id}: daemon not answering"
     age = "-" if st["key_age_s"] is None else f"{st['key_age_s']:.0f}s"
     sources = "+".join(st["sources"]) or "-"
     err = st.get("last_error") or ""
     if st.get("installed_at") and (st.get("last_error_at") or 0) < st["installed_at"]:
         err = ""  # an error older than the key in use is history
-    return (f"{elapsed:5.0f}s  {t.a.gateway_id + ' -> ' + t.b.gateway_id:24} {st['policy']:9} "
+    name = f"{t.a.gateway_id} -> {t.b.gateway_id} ({'wg' if t.kind == 'wireguard' else 'ike'})"
+    return (f"{elapsed:5.0f}s  {name:30} {st['policy']:9} "
             f"{st['state']:9} {st['epoch']:5}  {age:>5}  {sources:22} {ping:>9}  {err[:48]}")
 
 
@@ -93,14 +97,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="qsgw-demo-") as tmp, NetnsLab(prefix=DEMO_PREFIX) as lab:
         sites = SiteLab(lab, Path(tmp), TOPOLOGY)
         try:
-            print("qsgw demo: MadQCI, hub INTA with branches SGSICS and UPM "
+            print("qsgw demo: MadQCI, hub INTA with branches SGSICS and UPM (WireGuard) "
+                  "and UPM's second gateway (IKEv2/IPsec) "
                   f"({seconds:.0f} s, rekey every {rekey:.0f} s, key lifetime {lifetime:.0f} s)")
             hub = sites.add_site("inta", "gw-inta", "SAE_INTA_GW", "KME_INTA")
             b1 = sites.add_site("sgsics", "gw-sgsics", "SAE_SGSICS_GW", "KME_SGSICS")
             b2 = sites.add_site("upm", "gw-upm", "SAE_UPM_GW", "KME_UPM")
+            # UPM's second gateway (the KME's second SAE) keys an IKEv2 tunnel
+            # through its own charon: the epoch key as RFC 8784 PPK.
+            b3 = sites.add_site("upmipsec", "gw-upm-ipsec", "SAE_UPM_BACKUP", "KME_UPM")
             tunnels = [
                 sites.add_wireguard_tunnel(hub, b1, "required", rekey, lifetime),
                 sites.add_wireguard_tunnel(hub, b2, "preferred", rekey, lifetime),
+                sites.add_ipsec_tunnel(hub, b3, "required", rekey, lifetime),
             ]
             sites.start_simulator()
             print(f"KME simulator up: {', '.join(sorted(sites.endpoints['kmes']))} "
@@ -110,10 +119,10 @@ def main() -> int:
                   "state, events and alarms there; alarms are printed as they arrive")
             alarms = sites.subscribe("qsgw/+/events")
             threading.Thread(target=_print_alarms, args=(alarms,), daemon=True).start()
-            for site in (hub, b1, b2):
+            for site in (hub, b1, b2, b3):
                 sites.write_config(site)
                 sites.start_daemon(site)
-            header = (f"{'time':>6}  {'tunnel':24} {'policy':9} {'state':9} {'epoch':>5}  "
+            header = (f"{'time':>6}  {'tunnel':30} {'policy':9} {'state':9} {'epoch':>5}  "
                       f"{'age':>5}  {'key sources':22} {'ping':>9}  last error")
             started = time.monotonic()
             outage = healed = False
