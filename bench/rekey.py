@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +61,7 @@ asyncio.run(main())
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def handshake_cpu_ms() -> float:
@@ -139,8 +138,9 @@ def main() -> int:
                 t0 = time.time()
                 assert a.process is not None
                 a.process.send_signal(signal.SIGUSR1)
-                ok = sites.wait_for(lambda: all(x and x["epoch"] >= target for x in epochs()),
-                                    20, interval_s=0.01)
+                ok = sites.wait_for(
+                    lambda t=target: all(x and x["epoch"] >= t for x in epochs()),
+                    20, interval_s=0.01)
                 assert ok, f"rekey to epoch {target} did not complete: {epochs()}"
                 sa, sb = epochs()
                 assert sa is not None and sb is not None
@@ -156,7 +156,8 @@ def main() -> int:
             time.sleep(args.idle_seconds)
             elapsed = time.monotonic() - t0
             hz = os.sysconf("SC_CLK_TCK")
-            idle = [(cpu_ticks(p) - c) / hz / elapsed * 100 for p, c in zip(pids, ticks0, strict=True)]
+            idle = [(cpu_ticks(p) - c) / hz / elapsed * 100
+                    for p, c in zip(pids, ticks0, strict=True)]
             result["idle_cpu_percent"] = round(max(idle), 3)
 
             # The parts, measured now on the same machine, same simulator.

@@ -20,8 +20,8 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,8 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    with tempfile.TemporaryDirectory(prefix="qsgw-demo-") as tmp, NetnsLab(prefix=DEMO_PREFIX) as lab:
+    with tempfile.TemporaryDirectory(prefix="qsgw-demo-") as tmp, \
+            NetnsLab(prefix=DEMO_PREFIX) as lab:
         sites = SiteLab(lab, Path(tmp), TOPOLOGY)
         try:
             print("qsgw demo: MadQCI, hub INTA with branches SGSICS and UPM (WireGuard) "
@@ -159,9 +160,11 @@ def _summary(sites: SiteLab) -> None:
             print(f"  {site.gateway_id}: no status")
             continue
         for p in doc["peers"]:
-            print(f"  {site.gateway_id} -> {p['peer']}: {p['epochs_made']} epochs, now {p['state']}, "
-                  f"epoch {p['epoch']}, sources {'+'.join(p['sources']) or '-'}")
-    print(f"  QKD keys delivered by the simulator to the hub: {len(sites.delivered('SAE_INTA_GW'))}")
+            print(f"  {site.gateway_id} -> {p['peer']}: {p['epochs_made']} epochs, "
+                  f"now {p['state']}, epoch {p['epoch']}, "
+                  f"sources {'+'.join(p['sources']) or '-'}")
+    delivered = len(sites.delivered("SAE_INTA_GW"))
+    print(f"  QKD keys delivered by the simulator to the hub: {delivered}")
 
 
 if __name__ == "__main__":

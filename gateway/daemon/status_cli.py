@@ -15,7 +15,8 @@ from .status import read_status
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, default=None,
-                        help=f"gateway config, to find the status socket (default {DEFAULT_CONFIG_PATH})")
+                        help="gateway config, to find the status socket "
+                        f"(default {DEFAULT_CONFIG_PATH})")
     parser.add_argument("-s", "--socket", type=Path, default=None, help="the status socket")
     parser.add_argument("--json", action="store_true", help="print the JSON document")
 

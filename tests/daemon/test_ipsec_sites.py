@@ -1,4 +1,4 @@
-"""IPsec sites: real charon (kernel-libipsec) per namespace, keyed by qsgw daemons (RFC 8784 PPK)."""
+"""IPsec sites: a real charon (kernel-libipsec) per namespace, keyed by qsgw daemons (PPK)."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def _pair(sites: SiteLab, policy: str, rekey: float, lifetime: float) -> tuple[S
 
 
 def _ike_sas(site: Site, conn: str) -> list[dict[str, Any]]:
-    import vici
-
     import socket
+
+    import vici
     sock = socket.socket(socket.AF_UNIX)
     sock.settimeout(5)
     sock.connect(str(site.charon.vici_socket))
