@@ -6,7 +6,7 @@ PIP     := .venv/bin/pip
 STAMPS  := .stamps
 DEB_PACKAGES := wireguard-go wireguard-tools strongswan-charon strongswan-swanctl \
                 libcharon-extra-plugins mosquitto mosquitto-clients iproute2 \
-                iputils-ping openssl python3-venv
+                iputils-ping openssl procps util-linux kmod python3-venv
 DEMO_SECONDS ?= 60
 PYTEST_ARGS ?=
 
