@@ -14,6 +14,7 @@ removes every namespace and process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.netns import NetnsLab, cleanup_stale, netns_unavailable_reason
-from gateway.sitelab import SiteLab, Tunnel
+from gateway.sitelab import SiteLab, Tunnel, qsgw_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"
@@ -40,6 +41,33 @@ def _ping(lab: NetnsLab, ns: str, address: str, source: str | None = None) -> st
     res = lab.run(ns, argv, timeout=5)
     match = RTT.search(res.stdout)
     return f"{float(match.group(1)):.2f} ms" if res.returncode == 0 and match else "lost"
+
+
+def _key_supply_check(sites: SiteLab, pairs: list[tuple[str, str]]) -> None:
+    """ETSI 014 end to end before the gateways start: each master SAE fetches a key
+    (enc_keys), its slave fetches it by key_ID (dec_keys), both with `qsgw kms` from
+    their own namespaces over mutual TLS. Only a fingerprint is shown; these keys
+    are then discarded, never used for a tunnel."""
+    endpoints = str(sites.workdir / "kme-sim" / "endpoints.json")
+    by_sae = {s.sae_id: s for s in sites.sites.values()}
+    for master, slave in pairs:
+        argv = ["kms", "fetch", "--endpoints", endpoints, "--json", "--show-keys"]
+        got = sites.lab.run(by_sae[master].name, qsgw_argv(*argv, "--sae", master,
+                                                          "--slave", slave), timeout=30)
+        if got.returncode != 0:
+            print(f"  {master} -> {slave}: enc_keys failed: {got.stderr.strip()[:100]}")
+            continue
+        key = json.loads(got.stdout)["keys"][0]
+        back = sites.lab.run(by_sae[slave].name, qsgw_argv(*argv, "--sae", slave, "--master",
+                                                          master, "--key-id", key["key_ID"]),
+                             timeout=30)
+        if back.returncode != 0:
+            print(f"  {master} -> {slave}: dec_keys failed: {back.stderr.strip()[:100]}")
+            continue
+        match = json.loads(back.stdout)["keys"][0]["key"] == key["key"]
+        fingerprint = hashlib.sha256(key["key"].encode()).hexdigest()[:12]
+        print(f"  {master} -> {slave}: key {key['key_ID']} "
+              f"{'matches on both ends' if match else 'DIFFERS'} (sha256 {fingerprint}...)")
 
 
 def _print_alarms(proc: subprocess.Popen[str]) -> None:
@@ -115,6 +143,10 @@ def main() -> int:
             sites.start_simulator()
             print(f"KME simulator up: {', '.join(sorted(sites.endpoints['kmes']))} "
                   f"(logs and configs in {tmp})")
+            print("key supply check (enc_keys at the master's KME, dec_keys at the slave's):")
+            _key_supply_check(sites, [("SAE_INTA_GW", "SAE_SGSICS_GW"),
+                                      ("SAE_INTA_GW", "SAE_UPM_GW"),
+                                      ("SAE_INTA_GW", "SAE_UPM_BACKUP")])
             broker = sites.start_broker()
             print(f"mosquitto up at {broker['host']}:{broker['port']}: the gateways publish "
                   "state, events and alarms there; alarms are printed as they arrive")

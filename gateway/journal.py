@@ -51,8 +51,11 @@ class Journal:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # WAL + synchronous=FULL: every commit is fsynced before it returns
+            # (durable before use), with one fsync instead of DELETE mode's three.
+            # The -wal and -shm files take the database file's 0600 mode.
+            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA journal_mode=DELETE")
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
