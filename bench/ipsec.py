@@ -232,6 +232,8 @@ async def measure(rotations: int, keep: Path | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rotations", type=int, default=30)
+    parser.add_argument("--json", action="store_true",
+                          help="print the one JSON object on one line (it is always JSON)")
     parser.add_argument("--save", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None,
                         help="directory for the charons' files and logs (kept afterwards)")
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"benchmark": "ipsec", "skipped": reason}))
         return 0
     result = asyncio.run(measure(max(1, args.rotations), args.keep))
-    text = json.dumps(result, indent=2)
+    text = json.dumps(result, indent=None if args.json else 2)
     print(text)
     if args.save is not None:
         args.save.write_text(text + "\n")

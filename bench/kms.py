@@ -148,6 +148,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput figure")
     parser.add_argument("--samples", type=int, default=1000, help="enc_keys/noop latency samples")
+    parser.add_argument("--json", action="store_true",
+                          help="print the one JSON object on one line (it is always JSON)")
     parser.add_argument("--save", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="qsgw-bench-kms-") as tmp:
@@ -169,7 +171,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-    text = json.dumps(result, indent=2)
+    text = json.dumps(result, indent=None if args.json else 2)
     print(text)
     if args.save:
         args.save.write_text(text + "\n")

@@ -283,6 +283,9 @@ class PeerSession:
         while True:
             while queue:
                 action = queue.pop(0)
+                if self.log.isEnabledFor(logging.DEBUG):  # a timeline of the handshake
+                    self.log.debug("action %s at +%.2f ms", type(action).__name__,
+                                   (time.monotonic() - started) * 1e3)
                 if isinstance(action, SendMessage):
                     await channel.send(action.data)
                 elif isinstance(action, CommitEpoch):
@@ -310,6 +313,9 @@ class PeerSession:
                 break
             try:
                 frame = await channel.receive()
+                if self.log.isEnabledFor(logging.DEBUG):
+                    self.log.debug("frame of %d bytes at +%.2f ms", len(frame),
+                                   (time.monotonic() - started) * 1e3)
             except FrameError as exc:
                 queue.extend(machine.abort(FailureReason.TIMEOUT, time.time()))
                 raise SessionFailure("transport", str(exc)) from None
