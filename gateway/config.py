@@ -529,6 +529,7 @@ class PeerConfig(_Model):
     role: Literal["auto", "initiator", "responder"] = "auto"
     qkd: Literal["required", "preferred", "off"] = "required"
     qkd_keys_per_epoch: int = Field(default=1, ge=1, le=16)
+    qkd_prefetch: bool = True
     rekey_interval_s: Seconds = 120.0
     key_lifetime_s: Seconds = 300.0
     retry_backoff_s: BackoffSettings = Field(default_factory=BackoffSettings)

@@ -27,6 +27,7 @@ from gateway.handshake import (
     HandshakeFailed,
     InitiatorHandshake,
     InstallKey,
+    QkdKey,
     Rejected,
     ResponderHandshake,
     SendMessage,
@@ -134,6 +135,11 @@ class PeerSession:
         self._lock = asyncio.Lock()  # one handshake at a time per peer
         self._stopping = False
         self.tunnel_started = False
+        # The next epoch's QKD keys, fetched as master once an epoch is made so that
+        # enc_keys is off the rekey path (and the keys have time to reach the slave
+        # KME). Used once, by the next handshake; journalled when used (CommitEpoch).
+        self._prefetched: list[QkdKey] | None = None
+        self._prefetch_task: asyncio.Task[None] | None = None
         self.epoch_installed = asyncio.Condition()
         self.log = peer_logger(log, peer.id)
         if hasattr(driver, "on_down"):
@@ -173,6 +179,9 @@ class PeerSession:
 
     async def stop(self, keep_tunnel: bool) -> None:
         self._stopping = True
+        self._prefetched = None  # unused keys are dropped, never used elsewhere
+        if self._prefetch_task is not None:
+            self._tasks.append(self._prefetch_task)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -226,7 +235,25 @@ class PeerSession:
                 self.status.next_rekey_mono = time.monotonic() + base * random.uniform(0.5, 1.0)
             else:
                 self.status.next_rekey_mono = time.monotonic() + self.peer.rekey_interval_s
+                self._start_prefetch()
             self._publish()
+
+    def _start_prefetch(self) -> None:
+        if self.peer.qkd == "off" or not self.peer.qkd_prefetch or self._prefetched is not None:
+            return
+        if self._prefetch_task is not None and not self._prefetch_task.done():
+            return
+        self._prefetch_task = asyncio.create_task(self._prefetch(), name=f"prefetch:{self.peer.id}")
+
+    async def _prefetch(self) -> None:
+        try:
+            keys = await self.ctx.keys.fetch_new(self.peer.id, self.peer.sae_id,
+                                                 self.peer.qkd_keys_per_epoch)
+        except KmsError as exc:
+            # Not an error yet: the next handshake fetches on demand and reports it.
+            self.log.info("QKD prefetch failed (%s); will fetch at the next epoch", exc)
+            return
+        self._prefetched = keys
 
     async def _initiate_once(self) -> None:
         # The machine's CommitEpoch makes this epoch durable before INIT leaves,
@@ -338,6 +365,9 @@ class PeerSession:
         return []
 
     async def _fetch_new(self, machine: Any, action: FetchQkdKeys) -> list[Any]:
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and len(prefetched) == action.count:
+            return list(machine.on_qkd_keys(prefetched, time.time()))
         try:
             keys = await self.ctx.keys.fetch_new(self.peer.id, self.peer.sae_id, action.count)
         except KmsError as exc:

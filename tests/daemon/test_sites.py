@@ -109,8 +109,10 @@ def test_no_qkd_key_is_used_twice(sitelab: SiteLab) -> None:
     ids_a = [k for k, _ in ja]
     ids_b = [k for k, _ in jb]
     assert len(set(ids_a)) == len(ids_a) and len(set(ids_b)) == len(ids_b)
-    # Every key the master received is journalled once by the master...
-    assert set(ids_a) == set(delivered), "journal and simulator disagree on the master side"
+    # Every key the master received is journalled once by the master, except at
+    # most the one it prefetched for the next epoch (not used yet)...
+    assert set(ids_a) <= set(delivered), "the master journalled a key it never received"
+    assert len(set(delivered) - set(ids_a)) <= 1, "keys delivered to the master went unused"
     # ...each against exactly one epoch, and the slave consumed the same ones.
     epochs = [e for _, e in ja]
     assert len(set(epochs)) == len(epochs)
