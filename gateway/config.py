@@ -392,6 +392,7 @@ class KmeSettings(_Model):
     key_file: PathField
     timeout_s: Seconds = 5.0
     dec_keys_deadline_s: Seconds = 10.0
+    key_ids_name_master: bool = False
     pool_low_threshold: int = Field(default=10, ge=0)
 
     _files = _file_validator("ca_file", "cert_file", secret=False)

@@ -135,16 +135,7 @@ class SiteLab:
             (a, b, t.if_a, t.ip_a, t.ip_b, port_a, port_b),
             (b, a, t.if_b, t.ip_b, t.ip_a, port_b, port_a),
         ):
-            me.peers.append({
-                "id": other.gateway_id,
-                "sae_id": other.sae_id,
-                "control": f"{other.underlay_ip}:{CONTROL_PORT}",
-                "identity": other.identity_text,
-                "qkd": policy,
-                "rekey_interval_s": rekey_interval_s,
-                "key_lifetime_s": key_lifetime_s,
-                "retry_backoff_s": {"initial": 0.5, "max": 4},
-                "tunnel": {
+            me.peers.append(_peer_entry(other, t, {
                     "type": "wireguard",
                     "driver": "userspace",
                     "manage": "full",
@@ -155,8 +146,7 @@ class SiteLab:
                     "peer_public_key": keys[other.name],
                     "endpoint": f"{other.underlay_ip}:{other_port}",
                     "allowed_ips": [f"{other_ip}/32"],
-                },
-            })
+            }))
         self.tunnels.append(t)
         return t
 
@@ -190,16 +180,7 @@ class SiteLab:
         for me, other, my_ip, other_ip in ((a, b, t.ip_a, t.ip_b), (b, a, t.ip_b, t.ip_a)):
             self.lab.add_address(me.name, "lo", f"{my_ip}/32")
             charon = self._charon(me)
-            me.peers.append({
-                "id": other.gateway_id,
-                "sae_id": other.sae_id,
-                "control": f"{other.underlay_ip}:{CONTROL_PORT}",
-                "identity": other.identity_text,
-                "qkd": policy,
-                "rekey_interval_s": rekey_interval_s,
-                "key_lifetime_s": key_lifetime_s,
-                "retry_backoff_s": {"initial": 0.5, "max": 4},
-                "tunnel": {
+            me.peers.append(_peer_entry(other, t, {
                     "type": "ipsec",
                     "vici_socket": f"unix://{charon.vici_socket}",
                     "manage": "full",
@@ -210,8 +191,7 @@ class SiteLab:
                     "local_ts": [f"{my_ip}/32"],
                     "remote_ts": [f"{other_ip}/32"],
                     "auth": {"psk_file": str(psk)},
-                },
-            })
+            }))
         self.tunnels.append(t)
         return t
 
@@ -412,6 +392,21 @@ class SiteLab:
             if site.charon is not None:
                 site.charon.stop()
         # The lab kills the simulator and removes the namespaces.
+
+
+def _peer_entry(other: Site, t: Tunnel, tunnel: dict[str, Any]) -> dict[str, Any]:
+    """A `peers:` entry of the config for the peer `other` over tunnel `t`."""
+    return {
+        "id": other.gateway_id,
+        "sae_id": other.sae_id,
+        "control": f"{other.underlay_ip}:{CONTROL_PORT}",
+        "identity": other.identity_text,
+        "qkd": t.policy,
+        "rekey_interval_s": t.rekey_interval_s,
+        "key_lifetime_s": t.key_lifetime_s,
+        "retry_backoff_s": {"initial": 0.5, "max": 4},
+        "tunnel": tunnel,
+    }
 
 
 def _wg_keypair(path: Path) -> str:

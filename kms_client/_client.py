@@ -126,12 +126,16 @@ class KmeClient:
         retry: RetryPolicy | None = None,
         *,
         rng: random.Random | None = None,
+        key_ids_name_master: bool = False,
     ) -> None:
+        """``key_ids_name_master``: put ``master_SAE_ID`` in every key_IDs entry of a
+        dec_keys request, for KMEs that need it (not in ETSI GS QKD 014)."""
         if not endpoints:
             raise KmeInvalidArgument("at least one KME endpoint is needed")
         if timeout <= 0:
             raise KmeInvalidArgument("timeout must be positive")
         self._endpoints = tuple(endpoints)
+        self._key_ids_name_master = key_ids_name_master
         self._credentials = credentials
         self._retry = retry or RetryPolicy()
         self._rng = rng or random.SystemRandom()
@@ -267,7 +271,8 @@ class KmeClient:
             content: bytes | None = None
         elif method == "POST":
             params = None
-            content = dump_json(KeyIDs.of(ids).to_json())
+            named = master_sae_id if self._key_ids_name_master else None
+            content = dump_json(KeyIDs.of(ids, master_sae_id=named).to_json())
         else:
             raise KmeInvalidArgument(f"method must be GET or POST, not {method!r}")
 

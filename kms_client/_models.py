@@ -395,10 +395,13 @@ class KeyIdRef:
 
     key_id: str
     key_id_extension: JsonObject | None = None
+    #: Not in ETSI GS QKD 014: some vendors' KMEs want the master SAE in each entry.
+    master_sae_id: str | None = None
 
     def to_json(self) -> JsonObject:
         out: JsonObject = {"key_ID": self.key_id}
         _put_opt(out, "key_ID_extension", self.key_id_extension)
+        _put_opt(out, "master_SAE_ID", self.master_sae_id)
         return out
 
 
@@ -410,8 +413,9 @@ class KeyIDs:
     extension: JsonObject | None = None
 
     @classmethod
-    def of(cls, key_ids: Sequence[str]) -> KeyIDs:
-        return cls(key_ids=tuple(KeyIdRef(k) for k in key_ids))
+    def of(cls, key_ids: Sequence[str], master_sae_id: str | None = None) -> KeyIDs:
+        """``master_sae_id``: also name the master in each entry (a vendor deviation)."""
+        return cls(key_ids=tuple(KeyIdRef(k, master_sae_id=master_sae_id) for k in key_ids))
 
     @classmethod
     def from_json(cls, value: object) -> KeyIDs:

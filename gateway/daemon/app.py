@@ -73,7 +73,8 @@ class GatewayDaemon:
         ]
         creds = SaeCredentials(sae_id=kme.sae_id, cert_file=Path(kme.cert_file),
                                key_file=Path(kme.key_file))
-        return KmeClient(endpoints, creds, timeout=kme.timeout_s)
+        return KmeClient(endpoints, creds, timeout=kme.timeout_s,
+                         key_ids_name_master=kme.key_ids_name_master)
 
     async def start(self) -> None:
         cfg = self.config

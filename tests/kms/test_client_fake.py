@@ -18,6 +18,7 @@ from kms_helpers import FAST_RETRY, FakeKme, json_response, key_json, make_clien
 
 from kms_client import (
     KmeBadRequest,
+    KmeClient,
     KmeIdentityMismatch,
     KmeInvalidArgument,
     KmeKeyNotFound,
@@ -25,6 +26,7 @@ from kms_client import (
     KmeUnauthorized,
     KmeUnavailable,
     KmsError,
+    SaeCredentials,
 )
 
 Factory = Callable[..., Awaitable[FakeKme]]
@@ -363,3 +365,19 @@ async def test_closed_client_refuses(fake_kme_factory: Factory, pki: dict[str, A
     await client.aclose()
     with pytest.raises(KmsError, match="closed"):
         await client.enc_keys("SAE_B")
+
+
+async def test_dec_keys_can_name_the_master_in_each_entry_for_deviant_kmes(
+    fake_kme_factory: Factory, pki: dict[str, Any]
+) -> None:
+    fake = await fake_kme_factory(echo_keys())
+    plain = make_client(pki, [fake.url])
+    quirky = KmeClient(plain.endpoints, SaeCredentials("SAE_A", pki["sae_a"].cert,
+                                                       pki["sae_a"].key),
+                       timeout=2.0, retry=FAST_RETRY, key_ids_name_master=True)
+    async with plain, quirky:
+        await plain.dec_keys("SAE_B", [KID])
+        await quirky.dec_keys("SAE_B", [KID])
+    spec, vendor = (json.loads(s.body)["key_IDs"][0] for s in fake.seen)
+    assert spec == {"key_ID": KID}  # the standard body names no master
+    assert vendor == {"key_ID": KID, "master_SAE_ID": "SAE_B"}
