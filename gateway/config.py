@@ -593,6 +593,7 @@ class MqttSettings(_Model):
     password_file: PathField | None = Field(default=None, validate_default=True)
     topic_prefix: Annotated[str, Field(pattern=_TOPIC_PATTERN)] = "qsgw"
     queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    keepalive_s: int = Field(default=30, ge=1, le=3600)
 
     _files = _file_validator("ca_file", "cert_file", secret=False)
 

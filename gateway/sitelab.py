@@ -97,6 +97,8 @@ class SiteLab:
         self.endpoints: dict[str, Any] = {}
         self._sim: subprocess.Popen[bytes] | None = None
         self.broker: dict[str, Any] = {}
+        self._broker_proc: subprocess.Popen[bytes] | None = None
+        self._broker_argv: list[str] = []
         self._core_ready = False
 
     # ------------------------------------------------------------------ network
@@ -275,8 +277,9 @@ class SiteLab:
         conf.write_text(f"user root\npersistence false\nlog_dest file {d / 'mosquitto.log'}\n"
                         f"allow_anonymous false\npassword_file {passwd}\n"
                         f"listener {port} {KME_ADDRESS}\n")
-        self.lab.popen(KME_NS, ["mosquitto", "-c", str(conf)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._broker_argv = ["mosquitto", "-c", str(conf)]
+        self._broker_proc = self.lab.popen(KME_NS, self._broker_argv,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             res = self.lab.run(KME_NS, ["mosquitto_pub", "-h", KME_ADDRESS, "-p", str(port),
@@ -290,6 +293,17 @@ class SiteLab:
         self.broker = {"host": KME_ADDRESS, "port": port, "username": user,
                        "password_file": str(pw_file), "password": password}
         return self.broker
+
+    def stop_broker(self) -> None:
+        """Stop mosquitto (the gateways' telemetry has nowhere to go until restart)."""
+        proc = self._broker_proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+
+    def restart_broker(self) -> None:
+        self._broker_proc = self.lab.popen(KME_NS, self._broker_argv,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def subscribe(self, topic: str) -> subprocess.Popen[str]:
         """mosquitto_sub in the KME namespace: one line per message, `TOPIC PAYLOAD`."""

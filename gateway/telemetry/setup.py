@@ -48,7 +48,7 @@ def build_telemetry(config: Any, identity: Any | None = None) -> Telemetry:
                 password_file=m.password_file,
                 topic_prefix=m.topic_prefix,
                 queue_size=m.queue_size,
-                keepalive=getattr(m, "keepalive", 30),
+                keepalive=m.keepalive_s,
             ),
             gw_id,
         )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,7 +43,7 @@ def _value(text: str, name: str, **labels: str) -> float:
 
 
 def _start(sites: SiteLab, policy: str, rekey: float, lifetime: float,
-           audit_rotate: int | None = None) -> tuple[Site, Site]:
+           audit_rotate: int | None = None, mqtt_keepalive: int = 30) -> tuple[Site, Site]:
     a = sites.add_site("inta", "gw-inta", "SAE_INTA_GW", "KME_INTA")
     b = sites.add_site("sgsics", "gw-sgsics", "SAE_SGSICS_GW", "KME_SGSICS")
     sites.add_wireguard_tunnel(a, b, policy, rekey, lifetime)
@@ -52,6 +54,7 @@ def _start(sites: SiteLab, policy: str, rekey: float, lifetime: float,
             "metrics": {"listen": f"{s.underlay_ip}:{METRICS_PORT}"}}
         if audit_rotate:
             telemetry["audit"] = {"rotate_bytes": audit_rotate, "sign": True}
+        telemetry["mqtt"] = {"keepalive_s": mqtt_keepalive}  # merged into the lab's broker
         sites.write_config(s, {"telemetry": telemetry})
         sites.start_daemon(s)
     return a, b
@@ -177,3 +180,72 @@ def test_audit_cli_verifies_the_run(sitelab: SiteLab) -> None:
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
     assert first.name in bad.stdout + bad.stderr
+
+
+def _lines(proc: subprocess.Popen[str], seconds: float) -> list[str]:
+    """Stop a mosquitto_sub after `seconds` and return what it printed."""
+    time.sleep(seconds)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    return out.splitlines()
+
+
+def test_epochs_go_on_while_the_broker_is_down_and_the_queue_drains(sitelab: SiteLab) -> None:
+    a, b = _start(sitelab, "required", rekey=1.0, lifetime=8.0)
+    assert sitelab.wait_for(lambda: _state(sitelab, a, b) == "ok", 40)
+    sitelab.stop_broker()
+    down_from = (sitelab.peer_status(a, b.gateway_id) or {})["epoch"]
+    time.sleep(6)
+    down_to = (sitelab.peer_status(a, b.gateway_id) or {})["epoch"]
+    assert down_to >= down_from + 3, "epochs stalled while the broker was down"
+    sitelab.restart_broker()
+    want = set(range(down_from + 1, down_to + 1))
+    made: set[int] = set()
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump(proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    deadline = time.monotonic() + 40  # the daemon reconnects with backoff (up to 30 s)
+    sub = None
+    try:
+        while time.monotonic() < deadline and not want <= made:
+            if sub is None or sub.poll() is not None:  # broker not listening yet: again
+                sub = sitelab.subscribe(f"qsgw/{a.gateway_id}/events")
+                threading.Thread(target=pump, args=(sub,), daemon=True).start()
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            payload = json.loads(line.partition(" ")[2])
+            if payload.get("event") == "epoch_made" and payload.get("peer") == b.gateway_id:
+                made.add(payload["epoch"])
+    finally:
+        if sub is not None:
+            sub.terminate()
+            sub.wait(10)
+    # Epochs made while the broker was away arrive once it is back (queued, in order).
+    assert want <= made, (down_from, down_to, sorted(made))
+
+
+def test_last_will_marks_a_killed_gateway_offline(sitelab: SiteLab) -> None:
+    import signal
+
+    a, b = _start(sitelab, "required", rekey=2.0, lifetime=10.0, mqtt_keepalive=2)
+    assert sitelab.wait_for(lambda: _state(sitelab, a, b) == "ok", 40)
+    status_topic = f"qsgw/{a.gateway_id}/status"
+    online = sitelab.subscribe(status_topic)
+    assert any(line.endswith(" online") for line in _lines(online, 1.5))
+    sitelab.signal_daemon(a, signal.SIGKILL)
+    assert a.process is not None
+    a.process.wait(10)
+    # The broker publishes the will once the keepalive runs out (1.5 x 2 s).
+    deadline = time.monotonic() + 20
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        seen = _lines(sitelab.subscribe(status_topic), 2)
+        if any(line.endswith(" offline") for line in seen):
+            break
+    assert any(line.endswith(" offline") for line in seen), seen

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,12 +95,13 @@ def test_sd_notify_outside_systemd_does_nothing(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_status_table_hides_errors_older_than_the_key() -> None:
-    doc = {"gateway": "gw-a", "uptime_s": 30, "peers": [{
+    peer: dict[str, Any] = {
         "peer": "gw-b", "role": "initiator", "policy": "required", "state": "ok", "epoch": 7,
         "key_age_s": 3.0, "sources": ["QKD", "ML-KEM-768", "X25519"],
         "tunnel": {"up": True}, "last_error": "transport: reset", "last_error_at": 10.0,
-        "installed_at": 20.0}]}
+        "installed_at": 20.0}
+    doc: dict[str, Any] = {"gateway": "gw-a", "uptime_s": 30, "peers": [peer]}
     table = format_table(doc)
     assert "gw-b" in table and "QKD+ML-KEM-768+X25519" in table and "transport" not in table
-    doc["peers"][0]["last_error_at"] = 25.0
+    peer["last_error_at"] = 25.0
     assert "transport: reset" in format_table(doc)
