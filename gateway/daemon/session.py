@@ -140,7 +140,6 @@ class PeerSession:
         # KME). Used once, by the next handshake; journalled when used (CommitEpoch).
         self._prefetched: list[QkdKey] | None = None
         self._prefetch_task: asyncio.Task[None] | None = None
-        self.epoch_installed = asyncio.Condition()
         self.log = peer_logger(log, peer.id)
         if hasattr(driver, "on_down"):
             # IPsec: charon reports a tunnel it dropped on its own; bring it back.
@@ -206,7 +205,7 @@ class PeerSession:
             self.trigger_rekey()  # a new epoch, installed and activated, brings it back
 
     def trigger_rekey(self) -> None:
-        """Start a handshake now (benchmarks, tests, `qsgw rekey`)."""
+        """Start a handshake now (SIGUSR1 to the daemon, a tunnel that went down)."""
         self._rekey_now.set()
 
     # ------------------------------------------------------------------ initiator
@@ -412,8 +411,6 @@ class PeerSession:
                       ", degraded: no QKD" if degraded else "",
                       extra={"epoch": action.epoch})
         self._publish()
-        async with self.epoch_installed:
-            self.epoch_installed.notify_all()
 
     # ------------------------------------------------------------------ policy
 
