@@ -361,7 +361,7 @@ def test_psk_only_needs_no_private_key(write_config: WriteConfig) -> None:
         base64.b64encode(b"\xfc" * 32).decode(),  # starts with "/" like a path
         base64.b64encode(bytes(range(32))).decode(),
         base64.b64encode(bytes(range(200, 232))).decode(),
-        "-----BEGIN PRIVATE KEY-----",
+        "-----BEGIN " + "PRIVATE KEY-----",  # a PEM header (split: no key in the repo)
     ],
 )
 def test_pasted_key_is_never_echoed(write_config: WriteConfig, secret: str) -> None:
