@@ -24,7 +24,7 @@ from gateway.handshake.actions import (
     QkdPolicy,
     SendMessage,
 )
-from gateway.handshake.errors import DecodeError, FailureReason
+from gateway.handshake.errors import FailureReason
 from gateway.handshake.messages import (
     NONCE_SIZE,
     Confirm,
@@ -95,16 +95,10 @@ class InitiatorHandshake(MachineBase):
             return list(self._fail(FailureReason.QKD_UNAVAILABLE, f"policy required: {reason}"))
         return self._send_init(now)
 
-    def on_tick(self, now: float) -> list[Action]:
-        return list(self._check_timeout(now))
-
     def on_message(self, data: bytes, now: float) -> list[Action]:
-        if timeout := self._check_timeout(now):
-            return list(timeout)
-        try:
-            msg = codec.decode(data)
-        except DecodeError as exc:
-            return list(self._reject(FailureReason.DECODE_ERROR, str(exc)))
+        msg = self._receive(data, now)
+        if isinstance(msg, list):
+            return msg
         if isinstance(msg, Init):
             return list(self._reject(FailureReason.UNEXPECTED_MESSAGE, "INIT sent to initiator"))
         if msg.initiator_id != self.params.local_id or msg.responder_id != self.params.peer_id:

@@ -12,8 +12,10 @@ from gateway.crypto.combiner import QKD_KEY_MAX, QKD_KEY_MIN
 from gateway.crypto.memory import wipe
 from gateway.crypto.providers import KemKeyPair
 from gateway.crypto.suites import Suite
-from gateway.handshake.actions import HandshakeFailed, QkdKeyLike, QkdPolicy, Rejected
-from gateway.handshake.errors import FailureReason
+from gateway.handshake import codec
+from gateway.handshake.actions import Action, HandshakeFailed, QkdKeyLike, QkdPolicy, Rejected
+from gateway.handshake.errors import DecodeError, FailureReason
+from gateway.handshake.messages import Message
 from gateway.identity import LocalIdentity, PublicIdentity
 
 MAX_QKD_KEYS = 16
@@ -95,6 +97,19 @@ class MachineBase:
         if not self.finished and now >= self.deadline:
             return self._fail(FailureReason.TIMEOUT, "no answer before the deadline")
         return []
+
+    def on_tick(self, now: float) -> list[Action]:
+        return list(self._check_timeout(now))
+
+    def _receive(self, data: bytes, now: float) -> Message | list[Action]:
+        """What both roles do first with a frame: the deadline, then decoding.
+        Returns the message, or the actions to return instead of handling it."""
+        if timeout := self._check_timeout(now):
+            return list(timeout)
+        try:
+            return codec.decode(data)
+        except DecodeError as exc:
+            return list(self._reject(FailureReason.DECODE_ERROR, str(exc)))
 
     def abort(self, reason: FailureReason, now: float) -> list[HandshakeFailed]:
         """The daemon ends the handshake (journal refused a key_ID, peer went away...)."""

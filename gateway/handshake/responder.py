@@ -24,7 +24,7 @@ from gateway.handshake.actions import (
     QkdPolicy,
     SendMessage,
 )
-from gateway.handshake.errors import DecodeError, FailureReason
+from gateway.handshake.errors import FailureReason
 from gateway.handshake.messages import NONCE_SIZE, Confirm, Init, MessageType, QkdOutcome
 from gateway.handshake.params import HandshakeParams, MachineBase, concat_qkd_keys, static_key_hash
 
@@ -62,16 +62,10 @@ class ResponderHandshake(MachineBase):
 
     # --- inputs -------------------------------------------------------------
 
-    def on_tick(self, now: float) -> list[Action]:
-        return list(self._check_timeout(now))
-
     def on_message(self, data: bytes, now: float) -> list[Action]:
-        if timeout := self._check_timeout(now):
-            return list(timeout)
-        try:
-            msg = codec.decode(data)
-        except DecodeError as exc:
-            return list(self._reject(FailureReason.DECODE_ERROR, str(exc)))
+        msg = self._receive(data, now)
+        if isinstance(msg, list):
+            return msg
         if msg.initiator_id != self.params.peer_id or msg.responder_id != self.params.local_id:
             return list(self._reject(FailureReason.WRONG_PEER, "message names other gateways"))
         if isinstance(msg, Init):
