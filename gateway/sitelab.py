@@ -274,7 +274,9 @@ class SiteLab:
         with os.fdopen(fd, "w") as fh:
             fh.write(password + "\n")
         conf = d / "mosquitto.conf"
-        conf.write_text(f"user root\npersistence false\nlog_dest file {d / 'mosquitto.log'}\n"
+        # Persistence: subscribers' sessions survive a broker restart (tests stop it).
+        conf.write_text(f"user root\npersistence true\npersistence_location {d}/\n"
+                        f"log_dest file {d / 'mosquitto.log'}\n"
                         f"allow_anonymous false\npassword_file {passwd}\n"
                         f"listener {port} {KME_ADDRESS}\n")
         self._broker_argv = ["mosquitto", "-c", str(conf)]
@@ -305,12 +307,16 @@ class SiteLab:
         self._broker_proc = self.lab.popen(KME_NS, self._broker_argv,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def subscribe(self, topic: str) -> subprocess.Popen[str]:
-        """mosquitto_sub in the KME namespace: one line per message, `TOPIC PAYLOAD`."""
+    def subscribe(self, topic: str, session: str | None = None) -> subprocess.Popen[str]:
+        """mosquitto_sub in the KME namespace: one line per message, `TOPIC PAYLOAD`.
+        `session`: a persistent session (QoS 1) under that client ID, so messages
+        published while the subscriber is away are kept for it."""
         b = self.broker
+        extra = ["-c", "-i", session, "-q", "1"] if session else []
         return self.lab.popen(KME_NS, ["mosquitto_sub", "-h", b["host"], "-p", str(b["port"]),
                                        "-u", b["username"], "-P", b["password"], "-t", topic,
-                                       "-v"], stdout=subprocess.PIPE, text=True, bufsize=1)
+                                       "-v", *extra], stdout=subprocess.PIPE, text=True,
+                              bufsize=1)
 
     # ------------------------------------------------------------------ gateways
 

@@ -193,6 +193,13 @@ def _lines(proc: subprocess.Popen[str], seconds: float) -> list[str]:
 def test_epochs_go_on_while_the_broker_is_down_and_the_queue_drains(sitelab: SiteLab) -> None:
     a, b = _start(sitelab, "required", rekey=1.0, lifetime=8.0)
     assert sitelab.wait_for(lambda: _state(sitelab, a, b) == "ok", 40)
+    topic = f"qsgw/{a.gateway_id}/events"
+    # A persistent session (QoS 1), registered now: whatever the gateway publishes
+    # after the restart is kept for it even if it reconnects later than the gateway.
+    sub = sitelab.subscribe(topic, session="noc")
+    assert sitelab.wait_for(lambda: _broker_has_session(sitelab), 10)
+    sub.terminate()  # offline now; the broker keeps the session (and saves it on stop)
+    sub.wait(10)
     sitelab.stop_broker()
     down_from = (sitelab.peer_status(a, b.gateway_id) or {})["epoch"]
     time.sleep(6)
@@ -213,7 +220,7 @@ def test_epochs_go_on_while_the_broker_is_down_and_the_queue_drains(sitelab: Sit
     try:
         while time.monotonic() < deadline and not want <= made:
             if sub is None or sub.poll() is not None:  # broker not listening yet: again
-                sub = sitelab.subscribe(f"qsgw/{a.gateway_id}/events")
+                sub = sitelab.subscribe(topic, session="noc")
                 threading.Thread(target=pump, args=(sub,), daemon=True).start()
             try:
                 line = lines.get(timeout=0.5)
@@ -228,6 +235,11 @@ def test_epochs_go_on_while_the_broker_is_down_and_the_queue_drains(sitelab: Sit
             sub.wait(10)
     # Epochs made while the broker was away arrive once it is back (queued, in order).
     assert want <= made, (down_from, down_to, sorted(made))
+
+
+def _broker_has_session(sitelab: SiteLab) -> bool:
+    log = sitelab.workdir / "mosquitto" / "mosquitto.log"
+    return log.exists() and "as noc" in log.read_text(errors="replace")
 
 
 def test_last_will_marks_a_killed_gateway_offline(sitelab: SiteLab) -> None:
