@@ -130,6 +130,8 @@ class PeerSession:
         self.driver = driver
         self.initiator = initiator
         self.status = PeerStatus(peer.id, "initiator" if initiator else "responder", peer.qkd)
+        # Fixed for the session's life (a changed peer gets a new session on reload).
+        self._params = ctx.handshake_params(peer)
         self._tasks: list[asyncio.Task[None]] = []
         self._rekey_now = asyncio.Event()
         self._lock = asyncio.Lock()  # one handshake at a time per peer
@@ -258,7 +260,7 @@ class PeerSession:
         # The machine's CommitEpoch makes this epoch durable before INIT leaves,
         # so after a crash the next attempt is always above it.
         epoch = self.ctx.journal.last_epoch(self.peer.id) + 1
-        machine = InitiatorHandshake(self.ctx.handshake_params(self.peer), epoch, time.time())
+        machine = InitiatorHandshake(self._params, epoch, time.time())
         host, port = self.peer.control.host, self.peer.control.port
         try:
             reader, writer = await asyncio.wait_for(
@@ -288,7 +290,7 @@ class PeerSession:
             return
         try:
             async with self._lock:
-                machine = ResponderHandshake(self.ctx.handshake_params(self.peer),
+                machine = ResponderHandshake(self._params,
                                              self.ctx.journal.last_epoch(self.peer.id), time.time())
                 actions = machine.on_message(first_frame, time.time())
                 await asyncio.wait_for(self._pump(machine, actions, channel), HANDSHAKE_TIMEOUT_S)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from gateway.netns import NetnsLab, require_root
+from gateway.tunnels.base import TunnelDriver
 from gateway.tunnels.wireguard_common import WireGuardSettings
 
 WG_PORT = 51820
@@ -112,3 +114,18 @@ def drop_session(lab: NetnsLab, ns: str, ifname: str, tmp: Path) -> None:
 
 def b64(key: bytes) -> str:
     return base64.b64encode(key).decode()
+
+
+@contextlib.asynccontextmanager
+async def started_pair(
+    sites: tuple[Site, Site], make: Callable[[WireGuardSettings], TunnelDriver]
+) -> AsyncIterator[list[TunnelDriver]]:
+    """Both sites' drivers started; stopped (tunnels torn down) however the test ends."""
+    drivers = [make(s.settings) for s in sites]
+    try:
+        for d in drivers:
+            await d.start()
+        yield drivers
+    finally:
+        for d in drivers:
+            await d.stop(keep_tunnel=False)

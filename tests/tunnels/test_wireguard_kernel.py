@@ -14,7 +14,7 @@ from gateway.tunnels.base import TunnelError
 from gateway.tunnels.wireguard_common import WireGuardSettings
 from gateway.tunnels.wireguard_kernel import WireGuardKernelDriver
 
-from .conftest import TUNNEL4, Site, b64, wg_show
+from .conftest import TUNNEL4, Site, b64, started_pair, wg_show
 
 
 def _kernel_has_wireguard() -> bool:
@@ -31,14 +31,8 @@ needs_module = pytest.mark.skipif(
 async def kernel_sites(
     lab: NetnsLab, sites: tuple[Site, Site]
 ) -> AsyncIterator[tuple[WireGuardKernelDriver, WireGuardKernelDriver]]:
-    drivers = [WireGuardKernelDriver(s.settings) for s in sites]
-    try:
-        for d in drivers:
-            await d.start()
-        yield drivers[0], drivers[1]
-    finally:
-        for d in drivers:
-            await d.stop(keep_tunnel=False)
+    async with started_pair(sites, WireGuardKernelDriver) as drivers:
+        yield drivers[0], drivers[1]  # type: ignore[misc]
 
 
 @needs_module

@@ -16,7 +16,17 @@ from gateway.tunnels.base import TunnelDriver, TunnelError
 from gateway.tunnels.wireguard_common import make_wireguard_driver
 from gateway.tunnels.wireguard_uapi import UAPI_SOCKET_DIR, WireGuardUapiDriver
 
-from .conftest import TUNNEL4, TUNNEL6, UNDERLAY6, WG_PORT, Site, b64, drop_session, wg_show
+from .conftest import (
+    TUNNEL4,
+    TUNNEL6,
+    UNDERLAY6,
+    WG_PORT,
+    Site,
+    b64,
+    drop_session,
+    started_pair,
+    wg_show,
+)
 
 # A first handshake after a failed one waits for WireGuard's retry timer (5 s + jitter).
 PING_TIMEOUT_S = 20.0
@@ -26,14 +36,8 @@ PING_TIMEOUT_S = 20.0
 async def started(
     lab: NetnsLab, sites: tuple[Site, Site]
 ) -> AsyncIterator[tuple[WireGuardUapiDriver, WireGuardUapiDriver]]:
-    drivers = [WireGuardUapiDriver(s.settings) for s in sites]
-    try:
-        for d in drivers:
-            await d.start()
-        yield drivers[0], drivers[1]
-    finally:
-        for d in drivers:
-            await d.stop(keep_tunnel=False)
+    async with started_pair(sites, WireGuardUapiDriver) as drivers:
+        yield drivers[0], drivers[1]  # type: ignore[misc]
 
 
 def psk_of(lab: NetnsLab, site: Site) -> str:
