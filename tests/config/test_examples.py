@@ -15,27 +15,23 @@ from gateway.config import GatewayConfig, load_config
 from .conftest import write_secret
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-EXAMPLES = sorted(CONFIGS.glob("*.yaml"))
-TOPOLOGY_OF = {
-    "madqci": "madqci.yaml",
-    "beqci": "beqci.yaml",
-    "benelux": "benelux-mdi.yaml",
-    "int-uqkd": "int-uqkd.yaml",
-}
+# One directory per seed deployment: its site configs and its scenario.yaml.
+EXAMPLES = sorted(p for p in CONFIGS.glob("*/*.yaml")
+                  if p.parent.name != "topologies" and p.name != "scenario.yaml")
 
 
 def test_the_seed_deployments_have_examples() -> None:
-    names = {p.name for p in EXAMPLES}
+    names = {f"{p.parent.name}/{p.name}" for p in EXAMPLES}
     assert {
-        "madqci-inta.yaml",
-        "beqci-ghent.yaml",
-        "benelux-kirchberg.yaml",
-        "int-uqkd-redu.yaml",
+        "madqci/inta.yaml",
+        "beqci/ghent-a.yaml",
+        "benelux-mdi/kirchberg.yaml",
+        "int-uqkd/redu.yaml",
     } <= names
-    assert len([n for n in names if n.startswith("madqci-")]) >= 2
+    assert len([n for n in names if n.startswith("madqci/")]) >= 2
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_example_is_valid_without_its_files(example: Path) -> None:
     cfg = load_config(example, check_files=False)
     assert cfg.peers
@@ -63,7 +59,7 @@ def _materialise(cfg: GatewayConfig, root: Path) -> None:
     walk(cfg)
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_example_is_valid_with_its_files_in_place(example: Path, tmp_path: Path) -> None:
     # The examples point at /etc/qsgw/...; private keys are not committed, so
     # move those paths under tmp_path and make the files there.
@@ -75,12 +71,10 @@ def test_example_is_valid_with_its_files_in_place(example: Path, tmp_path: Path)
     assert cfg == load_config(copy, check_files=False)
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_example_ids_exist_in_its_topology(example: Path) -> None:
-    deployment = next(d for d in TOPOLOGY_OF if example.name.startswith(d + "-"))
-    topology_path = CONFIGS / "topologies" / TOPOLOGY_OF[deployment]
-    if not topology_path.exists():
-        pytest.skip(f"simulator topology {topology_path.name} is not there yet")
+    topology_path = CONFIGS / "topologies" / f"{example.parent.name}.yaml"
+    assert topology_path.exists(), f"{example} has no topology {topology_path.name}"
     topology = yaml.safe_load(topology_path.read_text())
     kmes = {k["id"]: set(k.get("saes", ())) for k in topology["kmes"] if "saes" in k}
     saes = set().union(*kmes.values())
@@ -120,4 +114,4 @@ def test_readme_explains_the_file_checks() -> None:
     readme = (CONFIGS / "README.md").read_text()
     assert "--no-file-checks" in readme
     for example in EXAMPLES:
-        assert example.name in readme
+        assert f"{example.parent.name}/{example.name}" in readme
