@@ -36,8 +36,15 @@ $(STAMPS)/venv: pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	@touch $@
 
+# `make demo SCENARIO=<name>` runs one seed deployment (benelux-mdi, beqci,
+# int-uqkd, madqci) on its own timeline; DEMO_SECONDS applies when given.
+SCENARIO ?=
 demo: setup
+ifeq ($(SCENARIO),)
 	DEMO_SECONDS=$(DEMO_SECONDS) $(PY) -m gateway.demo
+else
+	DEMO_SECONDS=$(filter-out 60,$(DEMO_SECONDS)) $(PY) -m gateway.scenarios $(SCENARIO)
+endif
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
