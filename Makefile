@@ -7,7 +7,7 @@ STAMPS  := .stamps
 DEB_PACKAGES := wireguard-go wireguard-tools strongswan-charon strongswan-swanctl \
                 libcharon-extra-plugins mosquitto mosquitto-clients iproute2 \
                 iputils-ping openssl procps util-linux kmod python3-venv
-DEMO_SECONDS ?= 60
+DEMO_SECONDS ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup deps venv demo test test-slow lint bench clean
@@ -41,9 +41,9 @@ $(STAMPS)/venv: pyproject.toml
 SCENARIO ?=
 demo: setup
 ifeq ($(SCENARIO),)
-	DEMO_SECONDS=$(DEMO_SECONDS) $(PY) -m gateway.demo
+	DEMO_SECONDS=$(or $(DEMO_SECONDS),60) $(PY) -m gateway.demo
 else
-	DEMO_SECONDS=$(filter-out 60,$(DEMO_SECONDS)) $(PY) -m gateway.scenarios $(SCENARIO)
+	DEMO_SECONDS=$(DEMO_SECONDS) $(PY) -m gateway.scenarios $(SCENARIO)
 endif
 
 test: setup
