@@ -36,7 +36,13 @@ Topology YAML (see configs/topologies/ for the seed deployments)::
       - {id: l1, kind: point_to_point, kmes: [KME_A, KME_B], rate_bps: 2000,
          capacity_bits: 1048576, initial_fill: 1.0}
       - {id: h1, kind: mdi_hub, hub: HUB, ends: [KME_A, KME_B, KME_C], rate_bps: 2000,
-         capacity_bits: 1048576}     # rate and pool per pair of end nodes
+         capacity_bits: 1048576}     # rate and pool per pair of end nodes ("h1:KME_A-KME_B")
+      - {id: h2, kind: mdi_hub, hub: HUB2, ends: [KME_A, KME_B, KME_C], shared: true,
+         rate_bps: 6000, capacity_bits: 1048576}   # one pool "h2", time-shared by the pairs
+      - {id: sat, kind: point_to_point, kmes: [KME_A, KME_D], rate_bps: 2048,
+         capacity_bits: 8192, passes: {period_s: 30, duration_s: 10, offset_s: 0}}
+                              # makes key only in [offset + k*period, ... + duration), t in
+                              # seconds since the start; stored key is usable between passes
       - {id: r1, kind: trusted_relay, path: [KME_A, KME_B, KME_C]}   # hops: earlier links
     pairs: [[SAE_A, SAE_B]]   # optional (master, slave); default: every SAE pair that
                               # can share keys, the lower SAE ID as master

@@ -4,9 +4,13 @@ A topology names KMEs (each serving one or more SAEs) and links of three kinds:
 
 - ``point_to_point``: one QKD link between two KMEs.
 - ``mdi_hub``: an MDI-QKD hub (untrusted central node) that gives every pair of its
-  end KMEs its own pairwise key stream; the hub never learns the keys.
+  end KMEs its own pairwise key stream; the hub never learns the keys. With
+  ``shared: true`` the pairs time-share the hub: one pool, the hub's whole rate.
 - ``trusted_relay``: keys forwarded hop by hop along a path of existing links; every
   hop's pool pays for the key, and the path is visible in the key_ID_extension.
+
+A point_to_point or mdi_hub link may have ``passes: {period_s, duration_s, offset_s}``
+(a satellite link): it makes key only during passes; stored key stays usable between.
 
 Errors name the file and the field path and say what is allowed.
 """
@@ -14,6 +18,7 @@ Errors name the file and the field path and say what is allowed.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +28,7 @@ from typing import Any, Literal
 import yaml
 
 from kms_client.sim.faults import Fault, FaultError, parse_fault
+from kms_client.sim.passes import PassSchedule
 
 _EXP_RE = re.compile(r"^[0-9]+(\.[0-9]*)?[eE][+-]?[0-9]+$")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -64,10 +70,12 @@ class LinkSpec:
     # point_to_point: the two KMEs; mdi_hub: the end KMEs; trusted_relay: the hop path.
     kmes: tuple[str, ...]
     hub: str | None = None
-    rate_bps: float = 0.0  # secret key rate, per pair of end nodes for a hub
+    rate_bps: float = 0.0  # secret key rate, per pair of end nodes for an unshared hub
     capacity_bits: int = 0
     initial_fill: float = 1.0
     params: KeyParams = field(default_factory=KeyParams)
+    passes: PassSchedule | None = None  # None: always up
+    shared: bool = False  # mdi_hub only: one pool for every pair of end nodes
 
 
 @dataclass(frozen=True)
@@ -263,6 +271,8 @@ class _Parser:
             "rate_bps",
             "capacity_bits",
             "initial_fill",
+            "passes",
+            "shared",
             "distance_km",
             "medium",
             "key_size",
@@ -297,6 +307,11 @@ class _Parser:
         if kind == "mdi_hub":
             hub = self.ident(lk.get("hub"), f"{where}.hub")
         if kind == "trusted_relay":
+            for name in ("passes", "shared"):
+                if name in lk:
+                    raise self.fail(
+                        f"{where}.{name}", "not for a trusted_relay (set it on the hop's link)"
+                    )
             for a, b in itertools.pairwise(members):
                 if not any(_joins(e, a, b) for e in earlier):
                     raise self.fail(
@@ -311,7 +326,30 @@ class _Parser:
             raise self.fail(f"{where}.initial_fill", "must be between 0 and 1")
         if cap < params.max_key_size:
             raise self.fail(f"{where}.capacity_bits", "must hold at least one key of max_key_size")
-        return LinkSpec(link_id, kind, members, hub, rate, cap, fill, params)
+        passes = self.passes(lk["passes"], f"{where}.passes") if "passes" in lk else None
+        shared = lk.get("shared", False)
+        if not isinstance(shared, bool):
+            raise self.fail(f"{where}.shared", "must be true or false")
+        if shared and kind != "mdi_hub":
+            raise self.fail(f"{where}.shared", "only an mdi_hub link can be shared")
+        return LinkSpec(link_id, kind, members, hub, rate, cap, fill, params, passes, shared)
+
+    def passes(self, raw: object, where: str) -> PassSchedule:
+        p = self.mapping(raw, where, ("period_s", "duration_s", "offset_s"))
+        for name in ("period_s", "duration_s"):
+            if name not in p:
+                raise self.fail(f"{where}.{name}", "is required (seconds, more than 0)")
+        period = self.number(p["period_s"], f"{where}.period_s", 0, False)
+        duration = self.number(p["duration_s"], f"{where}.duration_s", 0, False)
+        offset = self.number(p.get("offset_s", 0), f"{where}.offset_s", 0, False)
+        for name, value in (("period_s", period), ("duration_s", duration), ("offset_s", offset)):
+            if not math.isfinite(value) or value > 1e9:
+                raise self.fail(f"{where}.{name}", "must be at most 1e9 seconds")
+            if value == 0 and name != "offset_s":
+                raise self.fail(f"{where}.{name}", "must be more than 0")
+        if duration > period:
+            raise self.fail(f"{where}.duration_s", "must not exceed period_s")
+        return PassSchedule(period, duration, offset)
 
     def pairs(
         self, raw: object, sae_kme: dict[str, str], links: list[LinkSpec]

@@ -185,3 +185,76 @@ def test_empty_pools_fault_holds_every_pool_of_that_kme() -> None:
 def test_negative_pool_parameters_are_refused() -> None:
     with pytest.raises(ValueError):
         KeyPool("p", -1, 10, 0, Clock())
+
+
+SHARED = NET.replace(
+    "capacity_bits: 4096}\n  - {id: cd", "capacity_bits: 4096, shared: true}\n  - {id: cd"
+)
+
+
+def test_shared_hub_is_one_pool_that_every_pair_draws_on() -> None:
+    assert SHARED != NET
+    clock = Clock()
+    net = KeyNetwork(parse_topology(__import__("yaml").safe_load(SHARED)), clock)
+    assert "hub" in net.pools and not any(n.startswith("hub:") for n in net.pools)
+    ab, ac, bc = net.route("A", "B"), net.route("A", "C"), net.route("B", "C")
+    assert ab is not None and ac is not None and bc is not None
+    assert ab.pools == ac.pools == bc.pools == (net.pools["hub"],)
+    # Each pair keeps its own route (and so its own keys and key_ID_extension).
+    assert (ab.path, ac.path, bc.path) == (("A", "H", "B"), ("A", "H", "C"), ("B", "H", "C"))
+    assert net.take([(ab, 3072)])
+    assert ac.available_bits() == bc.available_bits() == 1024  # A-B's use left less for all
+    assert net.take([(bc, 1024)])
+    assert not net.take([(ac, 8)])
+    # The whole hub's rate, not one per pair: 100 bit/s shared.
+    clock.now += 10
+    assert net.snapshot()["hub"]["available_bits"] == 1000
+    # Multicast over two pairs of one shared hub pays twice from the one pool.
+    assert not net.take([(ab, 512), (ac, 512)])
+    assert net.take([(ab, 500), (ac, 500)])
+
+
+def test_unshared_hub_keeps_one_pool_per_pair() -> None:
+    net, _ = network()
+    assert sorted(n for n in net.pools if n.startswith("hub")) == ["hub:A-B", "hub:A-C", "hub:B-C"]
+
+
+def test_shared_hub_pool_is_held_by_an_empty_pools_fault_at_any_end() -> None:
+    clock = Clock()
+    net = KeyNetwork(parse_topology(__import__("yaml").safe_load(SHARED)), clock)
+    net.hold_empty("A", True)
+    bc = net.route("B", "C")
+    assert bc is not None and bc.available_bits() == 0
+    net.hold_empty("A", False)
+    clock.now += 1
+    assert bc.available_bits() == 100
+
+
+def test_configure_changes_a_pool_live_and_keeps_what_was_made() -> None:
+    clock = Clock()
+    pool = KeyPool("p", 100, 10_000, 0, clock)
+    clock.now += 10
+    pool.configure(rate_bps=0)
+    assert pool.available_bits() == 1000  # made at the old rate before the change
+    clock.now += 10
+    assert pool.available_bits() == 1000
+    pool.configure(capacity_bits=512)
+    assert (pool.available_bits(), pool.capacity_bits) == (512, 512)
+    pool.configure(capacity_bits=4096, available_bits=4000)  # capacity applies first
+    assert pool.available_bits() == 4000
+    for bad in (
+        {"available_bits": 5000.0},
+        {"rate_bps": -1.0},
+        {"rate_bps": float("nan")},
+        {"capacity_bits": -1},
+    ):
+        with pytest.raises(ValueError):
+            pool.configure(**bad)
+    assert (pool.available_bits(), pool.rate_bps, pool.capacity_bits) == (4000, 0, 4096)
+    pool.hold_empty("KME_A")
+    with pytest.raises(ValueError, match="held empty"):
+        pool.configure(available_bits=100)
+    pool.configure(rate_bps=50)  # allowed while held; it applies once released
+    pool.release("KME_A")
+    clock.now += 2
+    assert pool.available_bits() == 100

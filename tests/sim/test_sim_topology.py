@@ -124,3 +124,101 @@ def test_yaml_exponent_numbers_are_numbers() -> None:
     assert (link.rate_bps, link.capacity_bits) == (1e9, 4_000_000)
     with pytest.raises(TopologyError, match="rate_bps: must be a number"):
         parse_topology(_with("links.0.rate_bps", "fast"))
+
+
+HUB = {
+    "name": "t",
+    "kmes": [{"id": x, "saes": [f"S{x}"]} for x in "ABC"],
+    "links": [
+        {
+            "id": "ab",
+            "kind": "point_to_point",
+            "kmes": ["A", "B"],
+            "rate_bps": 1,
+            "capacity_bits": 4096,
+        },
+        {
+            "id": "hub",
+            "kind": "mdi_hub",
+            "hub": "H",
+            "ends": ["A", "B", "C"],
+            "rate_bps": 6000,
+            "capacity_bits": 4096,
+        },
+        {"id": "abc", "kind": "trusted_relay", "path": ["A", "B", "C"]},
+    ],
+}
+
+
+def _link(i: int, **fields: object) -> dict[str, object]:
+    doc: dict[str, object] = yaml.safe_load(yaml.safe_dump(HUB))
+    doc["links"][i].update(fields)  # type: ignore[index]
+    return doc
+
+
+def test_passes_and_shared_parse() -> None:
+    topo = parse_topology(
+        _link(0, passes={"period_s": 30, "duration_s": 10}),
+        source="t.yaml",
+    )
+    ab = topo.links[0]
+    assert ab.passes is not None
+    assert (ab.passes.period_s, ab.passes.duration_s, ab.passes.offset_s) == (30, 10, 0)
+    assert not ab.shared and topo.links[1].passes is None
+    hub = parse_topology(
+        _link(1, shared=True, passes={"period_s": 60, "duration_s": 60, "offset_s": 5})
+    ).links[1]
+    assert hub.shared and hub.passes is not None and hub.passes.offset_s == 5
+
+
+@pytest.mark.parametrize(
+    ("i", "fields", "where", "problem"),
+    [
+        (
+            0,
+            {"passes": {"period_s": 0, "duration_s": 1}},
+            "links[0].passes.period_s",
+            "more than 0",
+        ),
+        (0, {"passes": {"period_s": 10, "duration_s": 0}}, "links[0].passes.duration_s", "more"),
+        (0, {"passes": {"period_s": 10, "duration_s": 11}}, "links[0].passes.duration_s", "exceed"),
+        (
+            0,
+            {"passes": {"period_s": 10, "duration_s": 5, "offset_s": -1}},
+            "links[0].passes.offset_s",
+            "at least 0",
+        ),
+        (
+            0,
+            {"passes": {"period_s": "often", "duration_s": 5}},
+            "links[0].passes.period_s",
+            "number",
+        ),
+        (0, {"passes": {"period_s": 10}}, "links[0].passes.duration_s", "required"),
+        (
+            0,
+            {"passes": {"period_s": 10, "duration_s": 5, "phase": 1}},
+            "links[0].passes.phase",
+            "unknown field",
+        ),
+        (0, {"passes": [30, 10]}, "links[0].passes", "mapping"),
+        (
+            0,
+            {"passes": {"period_s": float("inf"), "duration_s": 5}},
+            "links[0].passes.period_s",
+            "at most",
+        ),
+        (0, {"shared": True}, "links[0].shared", "only an mdi_hub"),
+        (1, {"shared": "yes"}, "links[1].shared", "true or false"),
+        (2, {"shared": True}, "links[2].shared", "trusted_relay"),
+        (2, {"passes": {"period_s": 10, "duration_s": 5}}, "links[2].passes", "trusted_relay"),
+    ],
+)
+def test_bad_passes_and_shared_name_file_and_field(
+    i: int, fields: dict[str, object], where: str, problem: str
+) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse_topology(_link(i, **fields), source="t.yaml")
+    msg = str(info.value)
+    assert msg.startswith(f"t.yaml: {where}: "), msg
+    assert problem in msg, msg
