@@ -13,14 +13,22 @@ A plain-HTTP admin endpoint on 127.0.0.1 sets faults at run time:
     POST   /drain/{KME_ID}         empty that KME's pools once (they refill at their rates)
     DELETE /faults/{KME_ID}        heal one KME;  DELETE /faults: heal all
     GET    /pools                  -> {pool: {available_bits, capacity_bits, rate_bps, held_empty}}
+                                      pools of a link with passes also give link_up (bool)
+                                      and next_change_in_s (null if it never changes)
+    PUT    /pools/{pool}           body: any of {rate_bps, capacity_bits, available_bits}
+                                      (numbers >= 0) -> the pool's new entry as in GET /pools;
+                                      changes it live (make a pool scarce, refill it)
     GET    /delivered/{SAE_ID}     -> {"sae_ID": ..., "key_IDs": [every key_ID delivered, in order]}
     GET    /recorded-keys          -> {"keys": {key_ID: base64 key}} only when started with
                                       --record-keys-for-tests (tests that search outputs for keys)
 
 A fault, as sent and answered: {"latency_s": 0.2, "error_rate": 0.1, "outage": false,
 "outage_windows": [[10, 20]], "empty_pools": false, "key_delay_s": 1.5} (windows in seconds
-after the simulator started). A bad fault is answered 400 {"message": naming the field}
-and changes nothing; an unknown KME or SAE 404.
+after the simulator started). A bad fault or pool change is answered 400 {"message":
+naming the field} and changes nothing; an unknown KME, SAE or pool 404. Pool names: a
+point_to_point link's ID, a shared mdi_hub's ID, "<hub>:<KME a>-<KME b>" per pair of an
+unshared hub, "local:<KME>" for SAEs of one KME. Setting available_bits above
+capacity_bits, or above 0 on a pool held by an empty_pools fault, is a 400.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import os
 import random
 import ssl
@@ -173,6 +182,7 @@ class Simulator:
             ensure_pki, self.state_dir, kme_ids, list(self._sae_kme), [self.host]
         )
         self._started_at = self._clock()
+        self.network.set_origin(self._started_at)  # passes count from the start, like outages
         for i, kme in enumerate(self.topology.kmes):
             if self._base_port is None:
                 port = kme.port or 0
@@ -517,7 +527,7 @@ class _KmeHandlers:
             stored = min(r.available_bits() for r in routes.values()) // size
             raise _Reply(
                 503,
-                "not enough key material on the QKD link for this request",
+                _short_message([(r, bits) for r in routes.values()], self.sim.network),
                 [{"requested_key_count": number, "stored_key_count": stored}],
             )
         return keys
@@ -542,6 +552,35 @@ class _KmeHandlers:
             return _json({"keys": self.sim.take_keys(master, caller, key_ids)})
         except _Reply as r:
             return r.response()
+
+
+def _short_message(demands: list[tuple[Route, int]], network: KeyNetwork) -> str:
+    """Why enc_keys got no key: a satellite link between passes is named (it refills later)."""
+    for pool in network.short_pools(demands):
+        if not pool.link_up():
+            nxt = pool.next_change_in_s()
+            when = f" (next pass in {nxt:.1f} s)" if nxt is not None else ""
+            return f"not enough key material: QKD link {pool.link_id} is between passes{when}"
+    return "not enough key material on the QKD link for this request"
+
+
+POOL_FIELDS = ("rate_bps", "capacity_bits", "available_bits")
+
+
+def _pool_changes(body: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, value in body.items():
+        if name not in POOL_FIELDS:
+            raise _bad(f"{name}: unknown field; allowed: {', '.join(POOL_FIELDS)}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise _bad(f"{name}: must be a number at least 0")
+        out[name] = value
+    return out
 
 
 async def _json_body(request: web.Request, allow_empty: bool) -> dict[str, Any]:
@@ -587,6 +626,7 @@ class _AdminHandlers:
         app.router.add_delete("/faults/{kme}", self.delete_fault)
         app.router.add_delete("/faults", self.delete_faults)
         app.router.add_get("/pools", self.pools)
+        app.router.add_put("/pools/{pool}", self.put_pool)
         app.router.add_get("/delivered/{sae}", self.delivered)
         app.router.add_get("/recorded-keys", self.recorded_keys)
 
@@ -629,6 +669,25 @@ class _AdminHandlers:
 
     async def pools(self, request: web.Request) -> web.Response:
         return _json(self.sim.network.snapshot())
+
+    async def put_pool(self, request: web.Request) -> web.Response:
+        name = request.match_info["pool"]
+        pool = self.sim.network.pools.get(name)
+        if pool is None:
+            return _json({"message": f"unknown pool {name!r}"}, 404)
+        try:
+            changes = _pool_changes(await _json_body(request, allow_empty=True))
+            cap = changes.get("capacity_bits")
+            pool.configure(
+                rate_bps=changes.get("rate_bps"),
+                capacity_bits=None if cap is None else int(cap),
+                available_bits=changes.get("available_bits"),
+            )
+        except _Reply as r:
+            return r.response()
+        except ValueError as exc:
+            return _json({"message": str(exc)}, 400)
+        return _json(self.sim.network.pool_snapshot(name))
 
     async def recorded_keys(self, request: web.Request) -> web.Response:
         if self.sim.recorded_keys is None:
