@@ -20,6 +20,7 @@ from gateway.telemetry.audit_sign import (
     HybridVerifier,
     load_verifier,
 )
+from gateway.telemetry.key_origin import describe_origin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,16 +98,20 @@ def _show(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(rec, sort_keys=True))
                 continue
-            extra = {
-                k: v
-                for k, v in rec.items()
-                if k not in ("seq", "time", "prev", "hash", "type", "peer", "gateway")
-            }
+            # Where each QKD key came from: one indented line per key (the
+            # key_IDs are on those lines, so qkd_key_ids is not repeated).
+            origins = rec.get("qkd_keys")
+            skip = {"seq", "time", "prev", "hash", "type", "peer", "gateway"}
+            if isinstance(origins, list):
+                skip |= {"qkd_keys", "qkd_key_ids"}
+            extra = {k: v for k, v in rec.items() if k not in skip}
             detail = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(extra.items()))
             print(
                 f"{rec.get('time')} #{rec.get('seq')} {rec.get('type')} "
                 f"peer={rec.get('peer', '-')} {detail}".rstrip()
             )
+            for origin in origins if isinstance(origins, list) else []:
+                print(f"    {describe_origin(origin)}")
     except AuditError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,11 +13,12 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec
 
 from gateway.telemetry.alarms import AlarmBook, AlarmName, AlarmSettings, AlarmTransition
 from gateway.telemetry.audit import AuditLog
+from gateway.telemetry.key_origin import key_origins
 from gateway.telemetry.metrics import Metrics, sources_label
 from gateway.telemetry.mqtt import MqttPublisher
 
@@ -197,8 +198,13 @@ class Telemetry:
         qkd_key_ids: Sequence[str],
         duration_s: float,
         degraded: bool,
+        qkd_key_extensions: Mapping[str, object] | None = None,
     ) -> None:
+        """`qkd_key_extensions`: key_ID -> the KME's key_ID_extension (metadata, never
+        key material); both the event and the audit record name each key's origin
+        in `qkd_keys` (see key_origin.py)."""
         src = sorted(sources)
+        origins = key_origins(list(qkd_key_ids), qkd_key_extensions)
         if self.metrics is not None:
             self.metrics.epochs.labels(peer_id, "made", sources_label(src)).inc()
             self.metrics.epoch_duration.labels(peer_id).observe(duration_s)
@@ -211,6 +217,7 @@ class Telemetry:
             suite=suite,
             sources=src,
             qkd_key_ids=list(qkd_key_ids),
+            qkd_keys=origins,
             duration_s=duration_s,
             degraded=degraded,
         )
@@ -222,6 +229,7 @@ class Telemetry:
             suite=suite,
             sources=src,
             qkd_key_ids=list(qkd_key_ids),
+            qkd_keys=origins,
             degraded=degraded,
             duration_s=round(duration_s, 6),
         )
