@@ -8,11 +8,23 @@ before the key is used.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.handshake import QkdKey
 from gateway.telemetry import Telemetry
-from kms_client import KmeClient, KmeUnavailable, KmsError
+from kms_client import Key, KmeClient, KmeUnavailable, KmsError
+
+
+@dataclass(frozen=True)
+class DeliveredKey(QkdKey):
+    """A QKD key as the KME delivered it: the handshake sees a `QkdKey`; the session
+    also reads `extension`, the KME's key_ID_extension (where the key came from:
+    metadata for the audit trail, untrusted, never key material). `key` stays out
+    of repr; the extension is left out of repr and comparisons too."""
+
+    extension: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 class KeySupply:
@@ -23,21 +35,22 @@ class KeySupply:
         self._kme_id = kme_id
         self._deadline_s = dec_keys_deadline_s
 
-    async def fetch_new(self, peer_id: str, slave_sae_id: str, count: int) -> list[QkdKey]:
+    async def fetch_new(self, peer_id: str, slave_sae_id: str, count: int
+                        ) -> list[DeliveredKey]:
         """Master side: `count` fresh keys shared with `slave_sae_id`."""
         container = await self._timed("enc_keys", self._client.enc_keys(slave_sae_id, number=count))
-        keys = [QkdKey(k.key_id, bytes(k.key)) for k in container.keys]
+        keys = [_delivered(k) for k in container.keys]
         self._telemetry.qkd_keys_fetched(peer_id, len(keys))
         return keys
 
     async def fetch_by_id(self, peer_id: str, master_sae_id: str,
-                          key_ids: Sequence[str]) -> list[QkdKey]:
+                          key_ids: Sequence[str]) -> list[DeliveredKey]:
         """Slave side: the keys the master named (already journalled by the session)."""
         container = await self._timed(
             "dec_keys",
             self._client.dec_keys(master_sae_id, list(key_ids), deadline_s=self._deadline_s),
         )
-        keys = [QkdKey(k.key_id, bytes(k.key)) for k in container.keys]
+        keys = [_delivered(k) for k in container.keys]
         self._telemetry.qkd_keys_fetched(peer_id, len(keys))
         return keys
 
@@ -63,3 +76,8 @@ class KeySupply:
         self._telemetry.kme_call(self._kme_id, operation, time.monotonic() - started, None)
         self._telemetry.kme_reachable(self._kme_id, True)
         return result
+
+
+def _delivered(k: Key) -> DeliveredKey:
+    """A `kms_client.Key` as a `DeliveredKey` (the key bytes copied, the extension kept)."""
+    return DeliveredKey(k.key_id, bytes(k.key), k.key_id_extension)

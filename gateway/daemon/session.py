@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,6 @@ from gateway.handshake import (
     HandshakeFailed,
     InitiatorHandshake,
     InstallKey,
-    QkdKey,
     Rejected,
     ResponderHandshake,
     SendMessage,
@@ -39,6 +39,7 @@ from kms_client import KmeKeyNotFound, KmeUnavailable, KmsError
 
 from .context import DaemonContext
 from .framing import FrameError, read_frame, write_frame
+from .keysupply import DeliveredKey
 
 log = logging.getLogger("qsgw.session")
 
@@ -140,8 +141,12 @@ class PeerSession:
         # The next epoch's QKD keys, fetched as master once an epoch is made so that
         # enc_keys is off the rekey path (and the keys have time to reach the slave
         # KME). Used once, by the next handshake; journalled when used (CommitEpoch).
-        self._prefetched: list[QkdKey] | None = None
+        self._prefetched: list[DeliveredKey] | None = None
         self._prefetch_task: asyncio.Task[None] | None = None
+        # key_ID -> the KME's key_ID_extension of the keys handed to the current
+        # handshake: where each key came from, for the epoch's audit record. Metadata
+        # only; the key bytes go to the machine and nowhere else.
+        self._key_origins: dict[str, Mapping[str, Any] | None] = {}
         self.log = peer_logger(log, peer.id)
         if hasattr(driver, "on_down"):
             # IPsec: charon reports a tunnel it dropped on its own; bring it back.
@@ -366,23 +371,30 @@ class PeerSession:
         return []
 
     async def _fetch_new(self, machine: Any, action: FetchQkdKeys) -> list[Any]:
+        self._key_origins = {}
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None and len(prefetched) == action.count:
-            return list(machine.on_qkd_keys(prefetched, time.time()))
+            return self._hand_keys(machine, prefetched)
         try:
             keys = await self.ctx.keys.fetch_new(self.peer.id, self.peer.sae_id, action.count)
         except KmsError as exc:
             self._note_qkd_problem(exc)
             return list(machine.on_qkd_unavailable(_describe(exc), time.time()))
-        return list(machine.on_qkd_keys(keys, time.time()))
+        return self._hand_keys(machine, keys)
 
     async def _fetch_by_id(self, machine: Any, action: FetchQkdKeysById) -> list[Any]:
+        self._key_origins = {}
         try:
             keys = await self.ctx.keys.fetch_by_id(self.peer.id, self.peer.sae_id,
                                                    list(action.key_ids))
         except KmsError as exc:
             self._note_qkd_problem(exc)
             return list(machine.on_qkd_unavailable(_describe(exc), time.time()))
+        return self._hand_keys(machine, keys)
+
+    def _hand_keys(self, machine: Any, keys: Sequence[DeliveredKey]) -> list[Any]:
+        """Give the machine the keys; keep only each key's origin (its key_ID_extension)."""
+        self._key_origins = {k.key_id: k.extension for k in keys}
         return list(machine.on_qkd_keys(keys, time.time()))
 
     def _note_qkd_problem(self, exc: Exception) -> None:
@@ -405,8 +417,11 @@ class PeerSession:
         st.state = "degraded" if degraded else "ok"
         st.consecutive_failures = 0
         st.epochs_made += 1
+        origins, self._key_origins = self._key_origins, {}
         self.ctx.telemetry.epoch_made(self.peer.id, action.epoch, action.suite, st.sources,
-                                      st.qkd_key_ids, duration_s, degraded)
+                                      st.qkd_key_ids, duration_s, degraded,
+                                      qkd_key_extensions={k: origins.get(k)
+                                                          for k in st.qkd_key_ids})
         if old_state != st.state:
             self.ctx.telemetry.policy_changed(self.peer.id, old_state, st.state)
         self.log.info("epoch %d installed (sources %s%s)", action.epoch, "+".join(st.sources),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -44,6 +45,19 @@ def _journal_key_ids(site: Site) -> list[tuple[str, int]]:
         return [(r[0], r[1]) for r in db.execute("SELECT key_id, epoch FROM key_ids")]
     finally:
         db.close()
+
+
+def _made_epochs(site: Site) -> list[dict[str, Any]]:
+    """The site's audited made epochs (<state_dir>/audit.jsonl; complete lines only)."""
+    out = []
+    for line in (site.dir / "state" / "audit.jsonl").read_bytes().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if rec.get("type") == "epoch" and rec.get("outcome") == "made":
+            out.append(rec)
+    return out
 
 
 def _continuous_ping(sites: SiteLab, site: Site, address: str, seconds: float
@@ -118,6 +132,18 @@ def test_no_qkd_key_is_used_twice(sitelab: SiteLab) -> None:
     assert len(set(epochs)) == len(epochs)
     assert set(ids_b) <= set(ids_a)
     assert len(ids_b) >= len(ids_a) - 1  # at most the one in flight
+
+    # Both ends audit where each key came from: MadQCI's untrusted MDI hub, no relay
+    # (the master from enc_keys, most of them prefetched; the slave from dec_keys).
+    for site in (a, b):
+        made = _made_epochs(site)
+        assert len(made) >= 4, f"{site.name}: {len(made)} made epochs audited"
+        for rec in made:
+            assert [k["key_ID"] for k in rec["qkd_keys"]] == rec["qkd_key_ids"] != []
+            for k in rec["qkd_keys"]:
+                assert (k["route"], k["link"], k["path"], k["hub"], k["relays"]) == (
+                    "mdi_hub", "madrid-mdi", ["KME_INTA", "HUB_MQX4000", "KME_SGSICS"],
+                    "HUB_MQX4000", []), f"{site.name}: epoch {rec['epoch']}: {k}"
 
 
 def test_sigkill_mid_handshake_recovers_without_key_reuse(sitelab: SiteLab) -> None:
