@@ -181,14 +181,16 @@ async def test_admin_patch_changes_only_named_fields_and_drain_refills(tmp_path:
                 assert (await admin.post("/drain/KME_INTA")).status_code == 200
                 st = await inta.get("/api/v1/keys/SAE_UPM_GW/status")
                 assert st.json()["stored_key_count"] == 0
-                # The hub pair makes 2 kbit/s: a few keys of 256 bits within half a second.
-                await asyncio.sleep(0.5)
+                # The shared hub makes 6 kbit/s: about 6 keys of 256 bits in a quarter second
+                # (the bound leaves a slow runner most of a second).
+                await asyncio.sleep(0.25)
                 st = await inta.get("/api/v1/keys/SAE_UPM_GW/status")
-                assert 1 <= st.json()["stored_key_count"] <= 8
-                # Other pairs of the hub were not drained.
+                assert 1 <= st.json()["stored_key_count"] <= 24
+                # The hub is shared: its one pool was drained for the other pairs too.
                 sg = make_client(sim.endpoints, "SAE_SGSICS_GW", None, made)
                 st = await sg.get("/api/v1/keys/SAE_UPM_GW/status")
-                assert st.json()["stored_key_count"] == 4096
+                assert st.json()["stored_key_count"] <= 24
+                assert (await admin.get("/pools")).json()["madrid-mdi"]["available_bits"] < 8192
                 assert (await admin.post("/drain/KME_X")).status_code == 404
         finally:
             for c in made:

@@ -222,3 +222,12 @@ def test_bad_passes_and_shared_name_file_and_field(
     msg = str(info.value)
     assert msg.startswith(f"t.yaml: {where}: "), msg
     assert problem in msg, msg
+
+
+def test_seed_satellite_link_has_a_compressed_pass_schedule_and_madqci_hub_is_shared() -> None:
+    uqkd = {lk.link_id: lk for lk in load_topology(SEEDS / "int-uqkd.yaml").links}
+    sat = uqkd["lux-singapore-sat"].passes
+    assert sat is not None and (sat.period_s, sat.duration_s, sat.offset_s) == (30, 10, 0)
+    assert uqkd["redu-lux-fibre"].passes is None
+    mad = load_topology(SEEDS / "madqci.yaml").links[0]
+    assert mad.shared and mad.rate_bps == 6000
