@@ -44,6 +44,11 @@ from .keysupply import DeliveredKey
 log = logging.getLogger("qsgw.session")
 
 HANDSHAKE_TIMEOUT_S = 30.0
+# Keys are plentiful while the link's pool holds at least this many epochs' worth.
+# Below it (a shared MDI hub run short, a satellite link between passes) a key
+# held back for our next epoch is a key another tunnel is waiting for: no
+# prefetch, and rekeys are spaced out (see PeerSession._rekey_interval).
+PREFETCH_RESERVE_EPOCHS = 8
 IO_TIMEOUT_S = 10.0
 
 
@@ -75,6 +80,7 @@ class PeerStatus:
     epochs_made: int = 0
     next_rekey_mono: float | None = None
     tunnel_downs: int = 0  # times the data plane dropped the tunnel on its own
+    qkd_scarce: bool = False  # the link's pool is below the reserve: rekeys are spaced out
     last_tunnel_down: str | None = None
     last_tunnel_down_at: float | None = None
 
@@ -95,6 +101,7 @@ class PeerStatus:
             "consecutive_failures": self.consecutive_failures,
             "epochs_made": self.epochs_made,
             "tunnel_downs": self.tunnel_downs,
+            "qkd_scarce": self.qkd_scarce,
             "last_tunnel_down": self.last_tunnel_down,
             "last_tunnel_down_at": self.last_tunnel_down_at,
             "next_rekey_in_s": None if self.next_rekey_mono is None
@@ -220,9 +227,12 @@ class PeerSession:
     async def _initiator_loop(self) -> None:
         backoff = self.peer.retry_backoff_s
         while not self._stopping:
-            assert self.status.next_rekey_mono is not None
-            delay = self.status.next_rekey_mono - time.monotonic()
-            if delay > 0:
+            # Re-read the deadline after each wake: a key-supply check may move it.
+            while not self._rekey_now.is_set():
+                assert self.status.next_rekey_mono is not None
+                delay = self.status.next_rekey_mono - time.monotonic()
+                if delay <= 0:
+                    break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._rekey_now.wait(), delay)
             self._rekey_now.clear()
@@ -236,20 +246,78 @@ class PeerSession:
                 self._record_failure(failure)
                 attempt = self.status.consecutive_failures
                 base = min(backoff.max, backoff.initial * 2 ** (attempt - 1))
+                if failure.reason == "qkd_unavailable":
+                    self._set_scarce(True, "no QKD key for this epoch")
+                    base = self._share_scarce_keys(base)
                 # Full jitter in [0.5, 1.0] x base, so two gateways that failed
                 # together do not retry in lockstep.
                 self.status.next_rekey_mono = time.monotonic() + base * random.uniform(0.5, 1.0)
             else:
-                self.status.next_rekey_mono = time.monotonic() + self.peer.rekey_interval_s
-                self._start_prefetch()
+                self.status.next_rekey_mono = time.monotonic() + self._rekey_interval()
+                self._start_supply_check()
             self._publish()
 
-    def _start_prefetch(self) -> None:
-        if self.peer.qkd == "off" or not self.peer.qkd_prefetch or self._prefetched is not None:
+    def _rekey_interval(self) -> float:
+        """The rekey interval, stretched to half the key lifetime while QKD keys are
+        scarce: every tunnel on a short pool then asks for fewer keys, so the pool
+        can go round all of them, and the other half of the lifetime is left for
+        backed-off retries before the key expires."""
+        if self.status.qkd_scarce:
+            return max(self.peer.rekey_interval_s, self.peer.key_lifetime_s / 2)
+        return self.peer.rekey_interval_s
+
+    def _set_scarce(self, scarce: bool, why: str) -> None:
+        if scarce == self.status.qkd_scarce:
+            return
+        self.status.qkd_scarce = scarce
+        if scarce:
+            self.log.warning("QKD keys scarce (%s): rekeying every %.1f s until the pool "
+                             "recovers", why, self._rekey_interval())
+        else:
+            self.log.info("QKD key supply recovered (%s): rekeying every %.1f s again", why,
+                          self._rekey_interval())
+
+    def _share_scarce_keys(self, base: float) -> float:
+        """The retry delay when the KME had no key for us: scaled by how much of our
+        current key's lifetime is left. Tunnels sharing a short pool (a shared MDI
+        hub, a relay hop) then ask in order of need: one whose key is about to
+        expire retries at the initial backoff, one just keyed waits up to the full
+        backoff, so the keys there are go to the tunnel nearest to starving."""
+        installed = self.status.installed_mono
+        if installed is None or self.status.state == "blocked":
+            return min(base, self.peer.retry_backoff_s.initial)  # no usable key: most in need
+        left = self.peer.key_lifetime_s - (time.monotonic() - installed)
+        share = min(1.0, max(0.0, left / self.peer.key_lifetime_s))
+        initial = self.peer.retry_backoff_s.initial
+        return initial + (base - initial) * share if base > initial else base
+
+    def _start_supply_check(self) -> None:
+        if self.peer.qkd == "off":
             return
         if self._prefetch_task is not None and not self._prefetch_task.done():
             return
-        self._prefetch_task = asyncio.create_task(self._prefetch(), name=f"prefetch:{self.peer.id}")
+        self._prefetch_task = asyncio.create_task(self._check_supply(),
+                                                  name=f"supply:{self.peer.id}")
+
+    async def _check_supply(self) -> None:
+        """After an epoch: ask the KME how many keys the link holds (ETSI 014 status).
+        Below the reserve, keys are scarce: the rekey interval stretches and nothing
+        is prefetched; at or above it, the next epoch's keys are prefetched."""
+        try:
+            stored, _ = await self.ctx.keys.pool_status(self.peer.sae_id)
+        except KmsError as exc:
+            self.log.info("QKD pool status unavailable (%s)", exc)
+            return
+        reserve = PREFETCH_RESERVE_EPOCHS * self.peer.qkd_keys_per_epoch
+        self._set_scarce(stored < reserve, f"{stored} keys stored, reserve {reserve}")
+        if self.status.qkd_scarce:
+            st = self.status
+            if st.installed_mono is not None and st.next_rekey_mono is not None:
+                st.next_rekey_mono = max(st.next_rekey_mono,
+                                         st.installed_mono + self._rekey_interval())
+            return
+        if self.peer.qkd_prefetch and self._prefetched is None:
+            await self._prefetch()
 
     async def _prefetch(self) -> None:
         try:

@@ -3,9 +3,11 @@
 The hub's key supply is time-shared by the three pairs (one pool in the
 topology). Timeline: the mesh comes up; all three tunnels rekey at the same
 moment (SIGUSR1 to every gateway) and the pool covers it; then the hub runs
-short (its rate cut below what three tunnels ask for): the sessions' handshakes
-fail for want of a key, back off with jitter and retry, and the keys that are
-made go round all three tunnels; then the rate comes back.
+short (its rate cut to 40% of what three tunnels ask for). Each session sees
+the pool low (ETSI 014 status), stops prefetching and spaces its rekeys out to
+half the key lifetime; a handshake that still finds no key backs off, the
+sooner the nearer its key is to expiry. The keys made go round all three
+tunnels and none is blocked; then the rate comes back.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def hub_pool(run: ScenarioRun) -> dict[str, object]:
     return dict(run.pools()[HUB_POOL])
 
 
-def make_hub_scarce(run: ScenarioRun, share: float = 0.6) -> float:
+def make_hub_scarce(run: ScenarioRun, share: float = 0.4) -> float:
     """Empty the shared pool and cut its rate to `share` of what the mesh asks for
     (three tunnels, one 256-bit key per rekey interval each). Returns the new rate."""
     demand_bps = len(run.tunnels) * KEY_BITS / run.scenario.rekey_interval_s
@@ -74,8 +76,10 @@ def demo(run: ScenarioRun, seconds: float, say: Callable[[str], None]) -> None:
     def scarce() -> None:
         state["counts"] = sum(qkd_epochs(run).values())
         rate = make_hub_scarce(run)
-        say(f"  hub pool emptied and its rate cut to {rate:.0f} bit/s, 60% of the mesh's "
-            "demand: handshakes now wait for keys, back off and retry")
+        say(f"  hub pool emptied and its rate cut to {rate:.0f} bit/s, 40% of the mesh's "
+            "demand: the sessions see the pool low and rekey every "
+            f"{run.scenario.key_lifetime_s / 2:g} s instead of "
+            f"{run.scenario.rekey_interval_s:g} s; a handshake without a key backs off")
 
     def restore() -> None:
         restore_hub(run, normal_rate)
