@@ -82,15 +82,21 @@ class ScenarioRun:
             self.sitelab.start_daemon(site)
         self.started = time.monotonic()
 
-    def join(self, name: str) -> list[Tunnel]:
+    def join(self, name: str, ready_timeout_s: float = 0.0) -> list[Tunnel]:
         """Add a site to the running network: its daemon starts with a tunnel to every
         running site the scenario pairs it with, and those sites' daemons take the new
-        peer in on SIGHUP (their other peers are left alone)."""
+        peer in on SIGHUP (their other peers are left alone). With `ready_timeout_s`,
+        the SIGHUPs wait (at most that long) until the new daemon answers on its status
+        socket, i.e. all its sessions have started, so that the others' first
+        handshakes with it do not meet a gateway still starting."""
         site = self._add_site(self.scenario.site(name))
         added = [self._add_tunnel(t) for t in self.scenario.tunnels_of(name)
                  if all(n in self.sites for n in t.between)]
         self.sitelab.write_config(site)
         self.sitelab.start_daemon(site)
+        if ready_timeout_s > 0:
+            self.sitelab.wait_for(lambda: self.sitelab.status(site) is not None,
+                                  ready_timeout_s)
         for t in added:
             other = t.a if t.b is site else t.b
             self.sitelab.write_config(other)
