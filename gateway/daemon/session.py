@@ -130,6 +130,37 @@ class _Channel:
             await asyncio.wait_for(self.writer.wait_closed(), 2)
 
 
+class _OutgoingChannel:
+    """The initiator's connection, opened when INIT is ready to go: the QKD keys are
+    fetched first, so an attempt that finds no key never touches the peer (whose
+    control server would otherwise see a connection close without a frame)."""
+
+    def __init__(self, host: str, port: int, max_frame: int) -> None:
+        self.host, self.port, self.max_frame = host, port, max_frame
+        self._channel: _Channel | None = None
+
+    async def _open(self) -> _Channel:
+        if self._channel is None:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), IO_TIMEOUT_S)
+            except (OSError, TimeoutError) as exc:
+                raise SessionFailure("peer_unreachable", f"control {self.host}:{self.port}: "
+                                     f"{exc.__class__.__name__}") from None
+            self._channel = _Channel(reader, writer, self.max_frame)
+        return self._channel
+
+    async def send(self, data: bytes) -> None:
+        await (await self._open()).send(data)
+
+    async def receive(self) -> bytes:
+        return await (await self._open()).receive()
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+
 class PeerSession:
     def __init__(self, ctx: DaemonContext, peer: PeerConfig, driver: TunnelDriver,
                  initiator: bool) -> None:
@@ -334,14 +365,8 @@ class PeerSession:
         # so after a crash the next attempt is always above it.
         epoch = self.ctx.journal.last_epoch(self.peer.id) + 1
         machine = InitiatorHandshake(self._params, epoch, time.time())
-        host, port = self.peer.control.host, self.peer.control.port
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), IO_TIMEOUT_S)
-        except (OSError, TimeoutError) as exc:
-            raise SessionFailure("peer_unreachable",
-                                 f"control {host}:{port}: {exc.__class__.__name__}") from None
-        channel = _Channel(reader, writer, self.ctx.max_frame_bytes)
+        channel = _OutgoingChannel(self.peer.control.host, self.peer.control.port,
+                                   self.ctx.max_frame_bytes)
         try:
             actions = machine.start(time.time())
             await self._pump(machine, actions, channel)
@@ -376,7 +401,7 @@ class PeerSession:
     # ------------------------------------------------------------------ the pump
 
     async def _pump(self, machine: InitiatorHandshake | ResponderHandshake,
-                    actions: list[Any], channel: _Channel) -> None:
+                    actions: list[Any], channel: _Channel | _OutgoingChannel) -> None:
         """Carry out the machine's actions until it has installed or failed."""
         started = time.monotonic()
         queue = list(actions)
