@@ -38,7 +38,8 @@ class KeySupply:
     async def fetch_new(self, peer_id: str, slave_sae_id: str, count: int
                         ) -> list[DeliveredKey]:
         """Master side: `count` fresh keys shared with `slave_sae_id`."""
-        container = await self._timed("enc_keys", self._client.enc_keys(slave_sae_id, number=count))
+        container = await self._timed("enc_keys", self._client.enc_keys(slave_sae_id, number=count),
+                                      slave_sae_id)
         keys = [_delivered(k) for k in container.keys]
         self._telemetry.qkd_keys_fetched(peer_id, len(keys))
         return keys
@@ -49,10 +50,18 @@ class KeySupply:
         container = await self._timed(
             "dec_keys",
             self._client.dec_keys(master_sae_id, list(key_ids), deadline_s=self._deadline_s),
+            master_sae_id,
         )
         keys = [_delivered(k) for k in container.keys]
         self._telemetry.qkd_keys_fetched(peer_id, len(keys))
         return keys
+
+    async def _answers_status(self, peer_sae_id: str) -> bool:
+        try:
+            await self.pool_status(peer_sae_id)
+        except KmsError:
+            return False
+        return True
 
     async def pool_status(self, slave_sae_id: str) -> tuple[int, int]:
         status = await self._timed("status", self._client.status(slave_sae_id))
@@ -60,14 +69,18 @@ class KeySupply:
                                    status.max_key_count)
         return status.stored_key_count, status.max_key_count
 
-    async def _timed(self, operation: str, call):  # type: ignore[no-untyped-def]
+    async def _timed(self, operation: str, call, peer_sae_id: str | None = None):  # type: ignore[no-untyped-def]
         started = time.monotonic()
         try:
             result = await call
         except KmeUnavailable as exc:
             self._telemetry.kme_call(self._kme_id, operation, time.monotonic() - started,
                                      type(exc).__name__)
-            self._telemetry.kme_reachable(self._kme_id, False)
+            # A KME with no key for this link answers 503 like a KME that is down.
+            # If it still answers status, it is reachable: the pool is short, which
+            # the pool-level alarm reports; only a KME that answers nothing is down.
+            reachable = peer_sae_id is not None and await self._answers_status(peer_sae_id)
+            self._telemetry.kme_reachable(self._kme_id, reachable)
             raise
         except KmsError as exc:
             self._telemetry.kme_call(self._kme_id, operation, time.monotonic() - started,

@@ -547,6 +547,7 @@ class PeerSession:
         except TunnelError as exc:
             self.log.error("could not block the tunnel: %s", exc)
         self.status.state = "blocked"
+        self.status.sources = []  # no key in use: nothing to show as its sources
         self.status.last_error = f"blocked: {why}"
         self.status.last_error_at = time.time()
         self.log.error("tunnel blocked (policy required): %s", why)

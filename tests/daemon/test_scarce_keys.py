@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from gateway.daemon.keysupply import KeySupply
 from gateway.daemon.session import PREFETCH_RESERVE_EPOCHS, PeerSession
 from gateway.telemetry import Telemetry
+from kms_client import KmeUnavailable
 
 
 class PoolKeys:
@@ -82,3 +84,40 @@ def test_the_retry_comes_sooner_the_nearer_the_key_is_to_expiry() -> None:
     s.status.installed_mono = None  # never keyed: no tunnel at all yet
     s.status.state = "starting"
     assert s._share_scarce_keys(4.0) == 0.5
+
+
+class Recorder:
+    """Telemetry stand-in: records what KeySupply reports."""
+
+    def __init__(self) -> None:
+        self.reachable: list[bool] = []
+
+    def kme_reachable(self, kme_id: str, ok: bool) -> None:
+        self.reachable.append(ok)
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+class ShortKme:
+    """A KME that answers 503 to enc_keys; `status_up` says whether status answers."""
+
+    def __init__(self, status_up: bool) -> None:
+        self.status_up = status_up
+
+    async def enc_keys(self, slave_sae_id: str, number: int = 1) -> Any:
+        raise KmeUnavailable("no KME could serve POST enc_keys: HTTP 503: not enough key")
+
+    async def status(self, slave_sae_id: str) -> Any:
+        if not self.status_up:
+            raise KmeUnavailable("no KME could serve GET status: ConnectError")
+        return SimpleNamespace(stored_key_count=0, max_key_count=4096)
+
+
+@pytest.mark.parametrize(("status_up", "reachable"), [(True, True), (False, False)])
+async def test_an_empty_pool_is_not_an_unreachable_kme(status_up: bool, reachable: bool) -> None:
+    telemetry = Recorder()
+    supply = KeySupply(ShortKme(status_up), telemetry, "KME_A", 5.0)  # type: ignore[arg-type]
+    with pytest.raises(KmeUnavailable):
+        await supply.fetch_new("gw-b", "SAE_B", 1)
+    assert telemetry.reachable[-1] is reachable
