@@ -170,13 +170,14 @@ def alarms_raised(run: ScenarioRun) -> dict[str, dict[tuple[str, str], int]]:
     return out
 
 
-def kme_reason(run: ScenarioRun) -> str | None:
-    """The KME's 503 message in the bank tunnel's last error, if it has one
-    (e.g. "... QKD link lux-singapore-sat is between passes (next pass in 9.8 s)")."""
+def kme_reason(run: ScenarioRun, since: float) -> str | None:
+    """The KME's 503 message in the bank tunnel's last error, if it has one from
+    `since` on (e.g. "... QKD link lux-singapore-sat is between passes (next pass in
+    9.8 s)")."""
     st = run.peer(run.tunnel("luxbank", "singapore")) or {}
     err = str(st.get("last_error") or "")
     marker = "HTTP 503: "
-    if marker not in err:
+    if marker not in err or float(st.get("last_error_at") or 0) < since:
         return None
     return err.split(marker, 1)[1].split(";", 1)[0].strip()
 
@@ -235,11 +236,11 @@ def demo(run: ScenarioRun, seconds: float, say: Callable[[str], None]) -> None:
     say(f"  pass schedule: {passes.duration_s:g} s in view every {passes.period_s:g} s "
         f"(compressed time), counted from the simulator's start")
     begin = time.time()
-    dry = {"said": False}
+    said = {"dry": False, "why": False}  # in this gap between passes
 
     def pass_over(k: int) -> Callable[[], None]:
         def act() -> None:
-            dry["said"] = False
+            said["dry"] = said["why"] = False
             bits = int(sat_pool(run)["available_bits"])
             say(f"  pass {k + 1} over: {bits} bits ({bits // KEY_BITS} keys) stored at both "
                 "ends; the satellite tunnels go on with them")
@@ -267,13 +268,17 @@ def demo(run: ScenarioRun, seconds: float, say: Callable[[str], None]) -> None:
             return
         s = sat_pool(run)
         say(sat_line(s))
-        if not s["link_up"] and int(s["available_bits"]) < KEY_BITS and not dry["said"]:
-            dry["said"] = True
+        if s["link_up"]:
+            return
+        if int(s["available_bits"]) < KEY_BITS and not said["dry"]:
+            said["dry"] = True
             say("  the store is empty: redu-singapore goes on with ML-KEM + X25519 "
                 "(degraded); luxbank-singapore blocks once its key expires")
-            reason = kme_reason(run)
-            if reason:
-                say(f"  the KME answers enc_keys with 503: {reason}")
+        now = time.time()
+        reason = kme_reason(run, since=passes.end(passes.index(now)))
+        if reason and not said["why"]:
+            said["why"] = True
+            say(f"  the KME answers the bank's enc_keys with 503: {reason}")
 
     run.monitor(seconds, events, say=narrate)
     say("  satellite tunnels, from the audit trails:")
