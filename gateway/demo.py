@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.netns import NetnsLab, cleanup_stale, netns_unavailable_reason
+from gateway.netns import LabBusy, NetnsLab, PrefixLock, netns_unavailable_reason
 from gateway.sitelab import SiteLab, Tunnel, qsgw_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +110,6 @@ def main() -> int:
     rekey = max(3.0, min(10.0, seconds / 10))
     lifetime = rekey * 2.5
     outage_at, heal_at = seconds * 0.4, seconds * 0.75
-    cleanup_stale(DEMO_PREFIX)  # leftovers of an earlier, killed demo
     # SIGTERM (e.g. from a CI timeout) takes the same path as Ctrl-C: clean up.
     # Only in this process: pyroute2 forks helpers that it ends with SIGTERM,
     # and a fork that raised here would unwind into our cleanup.
@@ -122,7 +121,12 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    with tempfile.TemporaryDirectory(prefix="qsgw-demo-") as tmp, \
+    try:  # one demo per prefix at a time; clears a crashed run's leftovers
+        lock = PrefixLock(DEMO_PREFIX)
+    except LabBusy as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    with lock, tempfile.TemporaryDirectory(prefix="qsgw-demo-") as tmp, \
             NetnsLab(prefix=DEMO_PREFIX) as lab:
         sites = SiteLab(lab, Path(tmp), TOPOLOGY)
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import functools
 import ipaddress
 import os
@@ -186,6 +187,41 @@ def cleanup_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
             _remove_ns(name)
             removed.append(name)
     return removed
+
+
+class LabBusy(NetnsError):
+    """Another live run holds the lock for this namespace prefix."""
+
+
+class PrefixLock:
+    """The machine-wide lock for one namespace prefix, taken on creation (flock,
+    released on exit or when the process ends, however it ends); once held, what
+    a crashed run left under the prefix is removed.
+
+    Stale cleanup matches namespaces by prefix, so without the lock a second demo
+    would remove a first one's namespaces while it still runs.
+    """
+
+    def __init__(self, prefix: str, lock_dir: str = "/run/lock") -> None:
+        os.makedirs(lock_dir, exist_ok=True)
+        self.path = os.path.join(lock_dir, f"qsgw-{prefix}.lock")
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            raise LabBusy(f"another run with namespace prefix {prefix!r} is going "
+                          f"(pid {holder}, lock {self.path}); one at a time") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        cleanup_stale(prefix)
+
+    def __enter__(self) -> PrefixLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)  # releases the lock
 
 
 class NetnsLab:

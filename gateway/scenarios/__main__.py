@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from gateway.config import ConfigError
-from gateway.netns import NetnsLab, cleanup_stale, netns_unavailable_reason
+from gateway.netns import LabBusy, NetnsLab, PrefixLock, netns_unavailable_reason
 from gateway.scenarios import SCENARIOS, load
 from gateway.scenarios.runner import ScenarioRun
 
@@ -44,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"gateway.scenarios.{SCENARIOS[args.name]}")
     seconds = args.seconds or scenario.demo_seconds
-    cleanup_stale(PREFIX)
     main_pid = os.getpid()
 
     def on_sigterm(signum: int, frame: object) -> None:
@@ -54,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    with tempfile.TemporaryDirectory(prefix=f"qsgw-{args.name}-") as tmp, \
+    try:  # one demo per prefix at a time; clears a crashed run's leftovers
+        lock = PrefixLock(PREFIX)
+    except LabBusy as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    with lock, tempfile.TemporaryDirectory(prefix=f"qsgw-{args.name}-") as tmp, \
             NetnsLab(prefix=PREFIX) as lab:
         run = ScenarioRun(scenario, lab, Path(tmp), broker=False)
         try:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from pyroute2 import netns
 
-from gateway.netns import NetnsError, NetnsLab, cleanup_stale, require_root
+from gateway.netns import LabBusy, NetnsError, NetnsLab, PrefixLock, cleanup_stale, require_root
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +111,20 @@ def test_cleanup_stale_removes_leftovers_of_a_crashed_run() -> None:
 def test_cleanup_stale_refuses_an_empty_prefix() -> None:
     with pytest.raises(ValueError, match="prefix"):
         cleanup_stale("")
+
+
+def test_a_second_run_on_a_prefix_is_refused_not_wiped(tmp_path: Path) -> None:
+    lab = NetnsLab(prefix="qsgwlock")
+    try:
+        with PrefixLock("qsgwlock", lock_dir=str(tmp_path)):
+            name = lab.add_namespace("live")
+            # A second demo: refused, and the first run's namespace survives.
+            with pytest.raises(LabBusy, match=rf"pid {os.getpid()}"):
+                PrefixLock("qsgwlock", lock_dir=str(tmp_path))
+            assert name in netns.listnetns()
+        # Once the first run is gone, the next one takes the lock and clears
+        # what the first left behind (here: its lab was never closed).
+        with PrefixLock("qsgwlock", lock_dir=str(tmp_path)):
+            assert name not in netns.listnetns()
+    finally:
+        lab.close()
