@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.netns import LabBusy, NetnsLab, PrefixLock, netns_unavailable_reason
-from gateway.sitelab import SiteLab, Tunnel, qsgw_argv
+from gateway.netns import NetnsLab, netns_unavailable_reason
+from gateway.sitelab import SiteLab, Tunnel, qsgw_argv, start_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"
@@ -110,21 +109,8 @@ def main() -> int:
     rekey = max(3.0, min(10.0, seconds / 10))
     lifetime = rekey * 2.5
     outage_at, heal_at = seconds * 0.4, seconds * 0.75
-    # SIGTERM (e.g. from a CI timeout) takes the same path as Ctrl-C: clean up.
-    # Only in this process: pyroute2 forks helpers that it ends with SIGTERM,
-    # and a fork that raised here would unwind into our cleanup.
-    main_pid = os.getpid()
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        if os.getpid() != main_pid:
-            os._exit(0)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:  # one demo per prefix at a time; clears a crashed run's leftovers
-        lock = PrefixLock(DEMO_PREFIX)
-    except LabBusy as exc:
-        print(exc, file=sys.stderr)
+    lock = start_demo(DEMO_PREFIX)  # one demo at a time; clears a killed demo's leftovers
+    if lock is None:
         return 1
     with lock, tempfile.TemporaryDirectory(prefix="qsgw-demo-") as tmp, \
             NetnsLab(prefix=DEMO_PREFIX) as lab:

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from gateway.daemon.status import read_status
-from gateway.netns import NetnsError, NetnsLab
+from gateway.netns import LabBusy, NetnsError, NetnsLab, PrefixLock
 
 KME_NS = "kme"
 KME_ADDRESS = "198.51.100.250"
@@ -79,6 +79,27 @@ class Tunnel:
     @property
     def ip_b(self) -> str:
         return f"203.0.113.{4 * self.index + 2}"
+
+
+def start_demo(prefix: str) -> PrefixLock | None:
+    """What a demo does before building its lab: SIGTERM (a CI timeout, `kill`)
+    unwinds like Ctrl-C, so the lab is removed; then the prefix's lock (None, with
+    the reason on stderr, if another demo holds it)."""
+    main_pid = os.getpid()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        # pyroute2 forks helpers that inherit this handler and are ended with
+        # SIGTERM: only the main process unwinds, or a fork would run our cleanup.
+        if os.getpid() != main_pid:
+            os._exit(0)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return PrefixLock(prefix)
+    except LabBusy as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 def qsgw_argv(*args: str) -> list[str]:
@@ -448,4 +469,4 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
             into[key] = value
 
 
-__all__: Sequence[str] = ("Site", "SiteLab", "Tunnel", "qsgw_argv")
+__all__: Sequence[str] = ("Site", "SiteLab", "Tunnel", "qsgw_argv", "start_demo")

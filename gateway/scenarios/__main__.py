@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
 from gateway.config import ConfigError
-from gateway.netns import LabBusy, NetnsLab, PrefixLock, netns_unavailable_reason
+from gateway.netns import NetnsLab, netns_unavailable_reason
 from gateway.scenarios import SCENARIOS, load
 from gateway.scenarios.runner import ScenarioRun
+from gateway.sitelab import start_demo
 
 PREFIX = "scen"
 
@@ -44,19 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"gateway.scenarios.{SCENARIOS[args.name]}")
     seconds = args.seconds or scenario.demo_seconds
-    main_pid = os.getpid()
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        # pyroute2's forks inherit this handler; only the main process unwinds.
-        if os.getpid() != main_pid:
-            os._exit(0)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:  # one demo per prefix at a time; clears a crashed run's leftovers
-        lock = PrefixLock(PREFIX)
-    except LabBusy as exc:
-        print(exc, file=sys.stderr)
+    lock = start_demo(PREFIX)  # one demo per prefix; clears a crashed run's leftovers
+    if lock is None:
         return 1
     with lock, tempfile.TemporaryDirectory(prefix=f"qsgw-{args.name}-") as tmp, \
             NetnsLab(prefix=PREFIX) as lab:
