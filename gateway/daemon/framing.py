@@ -14,18 +14,30 @@ _HEADER = struct.Struct(">I")
 
 
 class FrameError(Exception):
-    """A frame that is too large, truncated, or did not arrive in time."""
+    """A frame that is too large, truncated, or did not arrive in time.
+    `hung_up`: the peer closed the connection cleanly where a frame should start."""
+
+    def __init__(self, message: str, hung_up: bool = False) -> None:
+        super().__init__(message)
+        self.hung_up = hung_up
 
 
 async def read_frame(reader: asyncio.StreamReader, max_bytes: int, timeout_s: float) -> bytes:
     try:
         header = await asyncio.wait_for(reader.readexactly(_HEADER.size), timeout_s)
-        (length,) = _HEADER.unpack(header)
-        if length == 0 or length > max_bytes:
-            raise FrameError(f"frame length {length} outside 1..{max_bytes}")
+    except asyncio.IncompleteReadError as exc:
+        raise FrameError(f"connection closed after {len(exc.partial)} bytes of a frame",
+                         hung_up=not exc.partial) from None
+    except TimeoutError:
+        raise FrameError(f"no complete frame within {timeout_s:g} s") from None
+    (length,) = _HEADER.unpack(header)
+    if length == 0 or length > max_bytes:
+        raise FrameError(f"frame length {length} outside 1..{max_bytes}")
+    try:
         return await asyncio.wait_for(reader.readexactly(length), timeout_s)
     except asyncio.IncompleteReadError as exc:
-        raise FrameError(f"connection closed after {len(exc.partial)} bytes of a frame") from None
+        partial = _HEADER.size + len(exc.partial)
+        raise FrameError(f"connection closed after {partial} bytes of a frame") from None
     except TimeoutError:
         raise FrameError(f"no complete frame within {timeout_s:g} s") from None
 

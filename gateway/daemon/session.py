@@ -135,8 +135,8 @@ class _OutgoingChannel:
     fetched first, so an attempt that finds no key never touches the peer (whose
     control server would otherwise see a connection close without a frame)."""
 
-    def __init__(self, host: str, port: int, max_frame: int) -> None:
-        self.host, self.port, self.max_frame = host, port, max_frame
+    def __init__(self, peer_id: str, host: str, port: int, max_frame: int) -> None:
+        self.peer_id, self.host, self.port, self.max_frame = peer_id, host, port, max_frame
         self._channel: _Channel | None = None
 
     async def _open(self) -> _Channel:
@@ -154,7 +154,17 @@ class _OutgoingChannel:
         await (await self._open()).send(data)
 
     async def receive(self) -> bytes:
-        return await (await self._open()).receive()
+        try:
+            return await (await self._open()).receive()
+        except FrameError as exc:
+            if exc.hung_up:
+                # The responder hung up instead of answering: its handshake failed
+                # on its side (often: no QKD key at its KME), and only it knows why.
+                raise SessionFailure(
+                    "peer_aborted", f"{self.peer_id} closed the handshake without an "
+                    "answer; its log and `qsgw status` say why (e.g. no QKD key at its KME)",
+                ) from None
+            raise
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -365,8 +375,8 @@ class PeerSession:
         # so after a crash the next attempt is always above it.
         epoch = self.ctx.journal.last_epoch(self.peer.id) + 1
         machine = InitiatorHandshake(self._params, epoch, time.time())
-        channel = _OutgoingChannel(self.peer.control.host, self.peer.control.port,
-                                   self.ctx.max_frame_bytes)
+        channel = _OutgoingChannel(self.peer.id, self.peer.control.host,
+                                   self.peer.control.port, self.ctx.max_frame_bytes)
         try:
             actions = machine.start(time.time())
             await self._pump(machine, actions, channel)
