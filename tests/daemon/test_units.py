@@ -30,8 +30,12 @@ async def test_frame_round_trip_and_limits() -> None:
         await read_frame(_reader(struct.pack(">I", 11) + b"x" * 11), 10, 1)
     with pytest.raises(FrameError, match="outside"):
         await read_frame(_reader(struct.pack(">I", 0)), 10, 1)
-    with pytest.raises(FrameError, match="closed after 2 bytes"):
+    with pytest.raises(FrameError, match="closed after 6 bytes") as cut:  # header + 2
         await read_frame(_reader(struct.pack(">I", 5) + b"ab"), 10, 1)
+    assert not cut.value.hung_up
+    with pytest.raises(FrameError, match="closed after 0 bytes") as gone:
+        await read_frame(_reader(b""), 10, 1)
+    assert gone.value.hung_up  # a clean hang-up where a frame should start
     with pytest.raises(FrameError, match="no complete frame"):
         await read_frame(_reader(struct.pack(">I", 5), eof=False), 10, 0.05)
 
