@@ -190,7 +190,8 @@ class PeerSession:
         # enc_keys is off the rekey path (and the keys have time to reach the slave
         # KME). Used once, by the next handshake; journalled when used (CommitEpoch).
         self._prefetched: list[DeliveredKey] | None = None
-        self._prefetch_task: asyncio.Task[None] | None = None
+        # The after-epoch key-supply check (and the prefetch it may start).
+        self._supply_task: asyncio.Task[None] | None = None
         # key_ID -> the KME's key_ID_extension of the keys handed to the current
         # handshake: where each key came from, for the epoch's audit record. Metadata
         # only; the key bytes go to the machine and nowhere else.
@@ -234,8 +235,8 @@ class PeerSession:
     async def stop(self, keep_tunnel: bool) -> None:
         self._stopping = True
         self._prefetched = None  # unused keys are dropped, never used elsewhere
-        if self._prefetch_task is not None:
-            self._tasks.append(self._prefetch_task)
+        if self._supply_task is not None:
+            self._tasks.append(self._supply_task)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -335,9 +336,9 @@ class PeerSession:
     def _start_supply_check(self) -> None:
         if self.peer.qkd == "off":
             return
-        if self._prefetch_task is not None and not self._prefetch_task.done():
+        if self._supply_task is not None and not self._supply_task.done():
             return
-        self._prefetch_task = asyncio.create_task(self._check_supply(),
+        self._supply_task = asyncio.create_task(self._check_supply(),
                                                   name=f"supply:{self.peer.id}")
 
     async def _check_supply(self) -> None:

@@ -81,8 +81,7 @@ def live_on_rate(run: ScenarioRun, keys: int = LIVE_KEYS) -> dict[str, int]:
 # ---------------------------------------------------------------------- the hub holds no key
 
 def epoch_records(run: ScenarioRun, site: str) -> list[dict[str, Any]]:
-    return [r for r in run.audit(site)
-            if r.get("type") == "epoch" and r.get("outcome") == "made"]
+    return run.audit(site, type="epoch", outcome="made")
 
 
 def key_origin_problems(run: ScenarioRun) -> tuple[int, list[str]]:

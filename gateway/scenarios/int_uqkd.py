@@ -130,7 +130,7 @@ def _ends(t: Tunnel, side: str) -> tuple[str, str]:
 
 def _records(run: ScenarioRun, t: Tunnel, side: str, kind: str) -> list[dict[str, Any]]:
     site, peer = _ends(t, side)
-    return [r for r in run.audit(site) if r.get("type") == kind and r.get("peer") == peer]
+    return run.audit(site, type=kind, peer=peer)
 
 
 def epochs_made(run: ScenarioRun, t: Tunnel, side: str = "a") -> list[EpochMade]:

@@ -45,15 +45,13 @@ def restore_hub(run: ScenarioRun, rate_bps: float) -> None:
 
 
 def qkd_epochs(run: ScenarioRun) -> dict[str, int]:
-    """QKD-keyed epochs made per tunnel so far, from the initiators' audit trails."""
+    """QKD-keyed epochs made per tunnel so far, from both ends' audit trails."""
     out: dict[str, int] = {}
     for t in run.tunnels.values():
-        count = 0
-        for site, other in ((t.a, t.b), (t.b, t.a)):
-            for rec in run.audit(site.name):
-                if rec.get("type") == "epoch" and rec.get("outcome") == "made" \
-                        and rec.get("peer") == other.gateway_id and "QKD" in rec.get("sources", ()):
-                    count += 1
+        count = sum("QKD" in rec.get("sources", ())
+                    for site, other in ((t.a, t.b), (t.b, t.a))
+                    for rec in run.audit(site.name, type="epoch", outcome="made",
+                                         peer=other.gateway_id))
         out[run.label(t)] = count // 2  # each epoch is audited at both ends
     return out
 

@@ -159,16 +159,30 @@ class ScenarioRun:
                                     for k, p, e in rows]
         return out
 
-    def key_reuse_problems(self) -> list[str]:
+    def key_reuse_problems(self, consumed: dict[str, list[ConsumedKey]] | None = None
+                           ) -> list[str]:
         """Every way a QKD key was used twice anywhere in the scenario (empty: none)."""
         delivered = {s.sae_id: self.sitelab.delivered(s.sae_id) for s in self.sites.values()}
-        return key_reuse_problems(self.consumed_keys(), delivered)
+        return key_reuse_problems(consumed or self.consumed_keys(), delivered)
 
-    def audit(self, name: str) -> list[dict[str, Any]]:
+    def audit(self, name: str, type: str | None = None, outcome: str | None = None,
+              peer: str | None = None) -> list[dict[str, Any]]:
+        """The site's audit records, optionally only those of one `type`
+        ("epoch", "policy", "alarm", ...), `outcome` and `peer` (a gateway ID)."""
         path = self.sites[name].dir / "state" / "audit.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # the writer thread's last line may be half written
+            if (type is None or rec.get("type") == type) \
+                    and (outcome is None or rec.get("outcome") == outcome) \
+                    and (peer is None or rec.get("peer") == peer):
+                out.append(rec)
+        return out
 
     def pools(self) -> dict[str, dict[str, Any]]:
         return dict(self.sitelab.admin("GET", "/pools"))
@@ -220,8 +234,9 @@ class ScenarioRun:
             lines.append(f"  {self.label(t):24} {spec.kind:9} {spec.policy:9} "
                          f"{self.epochs_made(t):3} epochs, now {st.get('state', '?')}, "
                          f"sources {'+'.join(st.get('sources', [])) or '-'}")
-        problems = self.key_reuse_problems()
-        used = sum(len(v) for v in self.consumed_keys().values())
+        consumed = self.consumed_keys()
+        problems = self.key_reuse_problems(consumed)
+        used = sum(len(v) for v in consumed.values())
         lines.append(f"  QKD key_IDs journalled across all gateways: {used}; "
                      f"{'no key used twice' if not problems else 'REUSE: ' + '; '.join(problems)}")
         return lines
