@@ -5,7 +5,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMPS  := .stamps
 DEB_PACKAGES := wireguard-go wireguard-tools strongswan-charon strongswan-swanctl \
-                libcharon-extra-plugins mosquitto mosquitto-clients iproute2 \
+                libcharon-extra-plugins libstrongswan-standard-plugins mosquitto mosquitto-clients iproute2 \
                 iputils-ping openssl procps util-linux kmod python3-venv
 DEMO_SECONDS ?=
 PYTEST_ARGS ?=
