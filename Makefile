@@ -4,15 +4,25 @@ SHELL := /bin/bash
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMPS  := .stamps
+# Derived from what the code runs (`qsgw doctor` checks each): wireguard-go and
+# wg; charon, swanctl and its vici plugin; charon's plugins (libstrongswan: aes,
+# sha2, kdf, x509...; -standard-plugins: openssl, gcm; -extra-plugins:
+# kernel-libipsec; strongswan-libcharon: socket-default); mosquitto, its
+# passwd and clients (tests, demo); ip, ping, sysctl, unshare, modprobe; nft (tests
+# drop IKE in a namespace).
 DEB_PACKAGES := wireguard-go wireguard-tools strongswan-charon strongswan-swanctl \
-                libcharon-extra-plugins libstrongswan-standard-plugins mosquitto mosquitto-clients iproute2 \
-                iputils-ping openssl procps util-linux kmod python3-venv
+                strongswan-libcharon libstrongswan libstrongswan-standard-plugins \
+                libcharon-extra-plugins mosquitto mosquitto-clients iproute2 iputils-ping \
+                nftables openssl procps util-linux kmod python3-venv
 DEMO_SECONDS ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup deps venv demo test test-slow lint bench clean
 
+# Ends with the doctor: it fails setup only for what setup installs (a kernel
+# module is reported, not fatal).
 setup: deps venv
+	@.venv/bin/qsgw doctor
 
 # Debian packages: apt-get only when one is missing, so a set-up machine
 # (and a machine without network) goes straight on.

@@ -32,6 +32,15 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "kernel-libipsec", "kernel-netlink", "socket-default", "vici",
 )
 
+#: The Debian 12 package of each plugin that is not in libstrongswan itself.
+PLUGIN_PACKAGES: dict[str, str] = {
+    "openssl": "libstrongswan-standard-plugins",
+    "gcm": "libstrongswan-standard-plugins",
+    "kernel-libipsec": "libcharon-extra-plugins",
+    "socket-default": "strongswan-libcharon",
+    "vici": "strongswan-swanctl",
+}
+
 #: Starts a process; given the argv to run, returns the child. A NetnsLab's
 #: `popen` fits; by default `ip netns exec NS` wraps the argv.
 Spawner = Callable[[Sequence[str]], "subprocess.Popen[bytes]"]
@@ -47,9 +56,10 @@ def charon_missing_reason() -> str | None:
         return "charon in a network namespace needs root"
     if not CHARON_BINARY.exists():
         return f"{CHARON_BINARY} missing (Debian package strongswan-charon)"
-    for plugin in ("kernel-libipsec", "vici", "kernel-netlink", "openssl"):
+    for plugin in ("kernel-libipsec", "vici", "kernel-netlink", "openssl", "gcm"):
         if not (PLUGIN_DIR / f"libstrongswan-{plugin}.so").exists():
-            return f"strongSwan plugin {plugin} missing (libcharon-extra-plugins)"
+            package = PLUGIN_PACKAGES.get(plugin, "libstrongswan")
+            return f"strongSwan plugin {plugin} missing (Debian package {package})"
     if not Path("/dev/net/tun").exists():
         return "/dev/net/tun missing (kernel-libipsec needs TUN)"
     if shutil.which("ip") is None or shutil.which("unshare") is None:
