@@ -540,21 +540,14 @@ class PeerConfig(_Model):
     @field_validator("identity")
     @classmethod
     def _identity(cls, value: str) -> str:
-        try:
-            from gateway.identity import IdentityError, PublicIdentity
-        except ImportError:  # pragma: no cover - only while the module is being written
-            if not value.startswith("qsgw-id-v1:"):
-                raise ValueError(
-                    "must be a public identity qsgw-id-v1:<ed25519>.<ml-dsa-65> "
-                    "as printed by `qsgw keygen`"
-                ) from None
-            return value
+        from gateway.identity import PREFIX, IdentityError, PublicIdentity
+
         try:
             PublicIdentity.from_text(value)
         except IdentityError as exc:
             raise ValueError(
-                f"not a valid public identity ({exc}); paste the qsgw-id-v1:... "
-                "line printed by `qsgw keygen` on the peer"
+                f"not a valid public identity: {exc}; it is the {PREFIX}... line printed by "
+                "`qsgw keygen` on the peer"
             ) from None
         return value
 

@@ -1,7 +1,11 @@
 """A gateway's signing identity: Ed25519 + ML-DSA-65, both used on every message.
 
-The public half is one pasteable string, ``qsgw-id-v1:<b64 Ed25519>.<b64 ML-DSA-65>``,
-pinned in the peer's config. Private keys live in 0600 files as raw 32-byte seeds.
+The public half is one pasteable string,
+``qsgw-id-v2:<b64 Ed25519>.<b64 ML-DSA-65>.<check>``, pinned in the peer's config;
+``check`` is 8 hex digits of SHA-256 over both keys, so a mistyped or cut paste is
+refused. The old ``qsgw-id-v1:`` form had no check: configs refuse it (its typos
+cannot be caught) and say how to print the v2 form. Private keys live in 0600
+files as raw 32-byte seeds.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from pathlib import Path
 from gateway.crypto.builtin import ED25519, ML_DSA_65
 from gateway.crypto.providers import ProviderError
 
-PREFIX = "qsgw-id-v1:"
+PREFIX = "qsgw-id-v2:"
+V1_PREFIX = "qsgw-id-v1:"
+CHECK_HEX = 8  # 32 bits: a random typo passes once in four billion
 ED25519_FILE = "ed25519.key"
 MLDSA65_FILE = "mldsa65.key"
 PUBLIC_FILE = "identity.pub"
@@ -39,30 +45,62 @@ class PublicIdentity:
         if len(self.mldsa65) != ML_DSA_65.public_key_size:
             raise IdentityError(f"ML-DSA-65 public key must be {ML_DSA_65.public_key_size} bytes")
 
+    def _body(self) -> str:
+        return (base64.b64encode(self.ed25519).decode("ascii") + "."
+                + base64.b64encode(self.mldsa65).decode("ascii"))
+
+    def check(self) -> str:
+        """The checksum that ends the v2 text."""
+        return hashlib.sha256(b"qsgw-id-v2\0" + self.ed25519 + self.mldsa65).hexdigest()[
+            :CHECK_HEX]
+
     def to_text(self) -> str:
-        return (
-            PREFIX
-            + base64.b64encode(self.ed25519).decode("ascii")
-            + "."
-            + base64.b64encode(self.mldsa65).decode("ascii")
-        )
+        return f"{PREFIX}{self._body()}.{self.check()}"
 
     @classmethod
-    def from_text(cls, text: str) -> PublicIdentity:
+    def from_text(cls, text: str, *, allow_v1: bool = False) -> PublicIdentity:
+        """Parse a v2 identity (checksum verified). `allow_v1`: also the old form
+        without a check, where a typo shows only as a failed signature (audit verify)."""
         text = text.strip()
+        if text.startswith(V1_PREFIX):
+            if not allow_v1:
+                raise IdentityError(
+                    "this is a qsgw-id-v1 identity, which has no checksum, so a typo in it "
+                    "cannot be caught; on the peer run `qsgw keygen --out DIR --show` (same "
+                    f"keys) and paste the {PREFIX}... line it prints"
+                )
+            return cls._from_parts(text[len(V1_PREFIX):].split("."), 2)
         if not text.startswith(PREFIX):
             raise IdentityError(f"public identity must start with {PREFIX!r}")
-        parts = text[len(PREFIX) :].split(".")
-        if len(parts) != 2:
+        parts = text[len(PREFIX):].split(".")
+        identity = cls._from_parts(parts, 3)
+        if parts[2] != identity.check() or parts[0] + "." + parts[1] != identity._body():
             raise IdentityError(
-                "public identity must be two base64 keys separated by '.' (Ed25519.ML-DSA-65)"
+                "checksum mismatch: the identity was mistyped or cut (one changed character "
+                "is enough); paste it again from the peer's `qsgw keygen` output or identity.pub"
+            )
+        return identity
+
+    @classmethod
+    def _from_parts(cls, parts: list[str], count: int) -> PublicIdentity:
+        if len(parts) != count:
+            shape = "<Ed25519>.<ML-DSA-65>" + (".<check>" if count == 3 else "")
+            raise IdentityError(
+                f"public identity must be {shape}: parts separated by '.'"
+                " (mistyped or cut? paste it again from `qsgw keygen`)"
             )
         try:
             ed = base64.b64decode(parts[0], validate=True)
             ml = base64.b64decode(parts[1], validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise IdentityError("public identity is not valid base64") from exc
-        return cls(ed25519=ed, mldsa65=ml)
+            raise IdentityError(
+                "public identity is not valid base64 (mistyped? paste it again from "
+                "`qsgw keygen`)"
+            ) from exc
+        try:
+            return cls(ed25519=ed, mldsa65=ml)
+        except IdentityError as exc:
+            raise IdentityError(f"{exc} (mistyped or cut? paste it again)") from None
 
     def fingerprint(self) -> str:
         """A short, stable fingerprint for logs and for comparing by eye."""
@@ -125,7 +163,12 @@ class LocalIdentity:
                 )
         _write(d / ED25519_FILE, ED25519.private_bytes(self.ed25519_private), 0o600, force)
         _write(d / MLDSA65_FILE, ML_DSA_65.private_bytes(self.mldsa65_private), 0o600, force)
-        _write(d / PUBLIC_FILE, (self.public.to_text() + "\n").encode("ascii"), 0o644, True)
+        self.save_public(d)
+
+    def save_public(self, directory: str | os.PathLike[str]) -> None:
+        """(Re)write identity.pub, in the current text form."""
+        _write(Path(directory) / PUBLIC_FILE, (self.public.to_text() + "\n").encode("ascii"),
+               0o644, True)
 
 
 def _read_secret(path: Path) -> bytes:

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from gateway.daemon.status import read_status
+from gateway.identity import PREFIX
 from gateway.netns import LabBusy, NetnsError, NetnsLab, PrefixLock
 
 KME_NS = "kme"
@@ -142,7 +143,7 @@ class SiteLab:
         out = subprocess.run(qsgw_argv("keygen", "--out", str(site.dir / "identity")),
                              capture_output=True, text=True, check=True, timeout=30)
         site.identity_text = next(line.strip() for line in out.stdout.splitlines()
-                                  if line.strip().startswith("qsgw-id-v1:"))
+                                  if line.strip().startswith(PREFIX))
         self.sites[name] = site
         return site
 

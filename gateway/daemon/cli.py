@@ -25,6 +25,15 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    from gateway.doctor import blockers
+
+    # Refuse a tunnel type this machine cannot run, naming the part (as `qsgw doctor`).
+    missing = blockers(config)
+    if missing:
+        for finding in missing:
+            print(f"qsgw run: cannot run this config's tunnels: {finding}", file=sys.stderr)
+        print(f"qsgw run: see `qsgw doctor -c {args.config}`", file=sys.stderr)
+        return 1
     from gateway.telemetry import configure_logging
 
     from .app import GatewayDaemon

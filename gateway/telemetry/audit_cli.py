@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     v.add_argument(
         "--identity",
         metavar="ID",
-        help="the gateway's public identity, to check rotated files' .sig: a qsgw-id-v1: "
+        help="the gateway's public identity, to check rotated files' .sig: a qsgw-id-v2: "
         "string, a file holding one, or a `qsgw keygen` directory",
     )
     v.add_argument(

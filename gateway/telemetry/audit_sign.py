@@ -158,12 +158,12 @@ class HybridVerifier:
 
 
 def load_verifier(spec: str) -> HybridVerifier:
-    """A public identity for `qsgw audit verify --identity`: a `qsgw-id-v1:` string,
+    """A public identity for `qsgw audit verify --identity`: a `qsgw-id-v2:` (or old v1) string,
     a file holding one, or a directory with `identity.pub` (as `qsgw keygen` writes)
     or with PEM `ed25519.pub` and `mldsa65.pub`."""
     text: str | None = None
     path = Path(spec)
-    if spec.startswith("qsgw-id-v1:"):
+    if spec.startswith(("qsgw-id-v2:", "qsgw-id-v1:")):
         text = spec
     elif path.is_dir():
         if (path / "identity.pub").exists():
@@ -177,7 +177,8 @@ def load_verifier(spec: str) -> HybridVerifier:
     from gateway.identity import IdentityError, PublicIdentity
 
     try:
-        public = PublicIdentity.from_text(text)
+        # v1 too: old identity.pub files; a typo there fails the signature check anyway.
+        public = PublicIdentity.from_text(text, allow_v1=True)
     except IdentityError as exc:
         raise AuditSignatureError(f"{spec}: {exc}") from None
     return HybridVerifier.from_public_identity(public.ed25519, public.mldsa65)

@@ -16,10 +16,12 @@ _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def make_identity_text() -> str:
-    """A well-formed public identity: qsgw-id-v1:<ed25519 pk>.<ml-dsa-65 pk>."""
+    """A well-formed public identity: qsgw-id-v2:<ed25519 pk>.<ml-dsa-65 pk>.<check>."""
+    from gateway.identity import PublicIdentity
+
     ed = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(*_RAW)
     ml = mldsa.MLDSA65PrivateKey.generate().public_key().public_bytes(*_RAW)
-    return f"qsgw-id-v1:{base64.b64encode(ed).decode()}.{base64.b64encode(ml).decode()}"
+    return PublicIdentity(ed, ml).to_text()
 
 
 def make_wg_public_key() -> str:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.identity import PublicIdentity
+
 from .conftest import BASE, WriteConfig
 from .test_examples import EXAMPLES
 
@@ -24,10 +26,59 @@ def qsgw(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_ok(write_config: WriteConfig) -> None:
+def test_ok(write_config: WriteConfig, peer_identity: str) -> None:
     out = qsgw("check", "-c", str(write_config()))
     assert out.returncode == 0, out.stderr
-    assert out.stdout == "OK: gw-a, 1 peer (gw-b: wireguard)\n"
+    # The peer's fingerprint, in the words `qsgw keygen` printed it on the peer.
+    fp = PublicIdentity.from_text(peer_identity).fingerprint()
+    assert out.stdout == f"OK: gw-a, 1 peer (gw-b: wireguard)\n  peer gw-b: fingerprint {fp}\n"
+
+
+def test_keygen_and_check_print_the_same_fingerprint(tmp_path: Path) -> None:
+    made = qsgw("keygen", "--out", str(tmp_path / "id"))
+    assert made.returncode == 0, made.stderr
+    comment, text = made.stdout.splitlines()
+    keygen_form = comment.removeprefix("# ").split(";")[0]
+    assert keygen_form == f"fingerprint {PublicIdentity.from_text(text).fingerprint()}"
+    from gateway import config_cli
+    from gateway.config import parse_config
+
+    cfg = parse_config(BASE.replace("{identity}", text).replace("{wgkey}", "A" * 43 + "="),
+                       check_files=False)
+    assert config_cli.fingerprints(cfg) == [f"  peer gw-b: {keygen_form}"]
+
+
+def _one_char_typo(identity: str, part: int, at: int = 5) -> str:
+    """`identity` with one base64 character of key `part` (0 Ed25519, 1 ML-DSA) changed."""
+    head, body = identity.split(":", 1)
+    parts = body.split(".")
+    c = parts[part][at]
+    parts[part] = parts[part][:at] + ("B" if c != "B" else "C") + parts[part][at + 1:]
+    return f"{head}:{'.'.join(parts)}"
+
+
+def test_a_one_character_typo_in_either_key_is_refused(
+    write_config: WriteConfig, peer_identity: str
+) -> None:
+    ed_last = len(peer_identity.split(":")[1].split(".")[0]) - 2  # before the "=": 2 spare bits
+    for typo in (_one_char_typo(peer_identity, 0), _one_char_typo(peer_identity, 1),
+                 _one_char_typo(peer_identity, 1, at=1000), _one_char_typo(peer_identity, 0,
+                                                                          at=ed_last)):
+        assert typo != peer_identity
+        path = write_config(BASE.replace("{identity}", typo))
+        out = qsgw("check", "-c", str(path))
+        assert out.returncode == 1, typo
+        assert f"{path}:16:" in out.stderr and "peers[0].identity" in out.stderr
+        assert "checksum mismatch" in out.stderr and "mistyped" in out.stderr
+
+
+def test_a_v1_identity_is_refused_with_how_to_get_v2(
+    write_config: WriteConfig, peer_identity: str
+) -> None:
+    body = peer_identity.split(":", 1)[1].rsplit(".", 1)[0]
+    out = qsgw("check", "-c", str(write_config(BASE.replace("{identity}", f"qsgw-id-v1:{body}"))))
+    assert out.returncode == 1
+    assert "no checksum" in out.stderr and "qsgw keygen --out DIR --show" in out.stderr
 
 
 def test_errors_one_per_line_with_file_line_column_field(write_config: WriteConfig) -> None:

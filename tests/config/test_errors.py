@@ -277,7 +277,7 @@ def test_suite_whose_provider_is_missing(write_config: WriteConfig) -> None:
 def test_bad_identity(write_config: WriteConfig) -> None:
     text = BASE.replace('identity: "{identity}"', 'identity: "not-an-identity"')
     e = the_error(write_config(text), "peers[0].identity")
-    assert e.line == 16 and "qsgw-id-v1" in e.message and "qsgw keygen" in e.message
+    assert e.line == 16 and "qsgw-id-v2" in e.message and "qsgw keygen" in e.message
 
 
 @pytest.mark.skipif(
@@ -285,7 +285,7 @@ def test_bad_identity(write_config: WriteConfig) -> None:
     reason="gateway.identity (PublicIdentity) is not there yet",
 )
 def test_identity_with_truncated_keys(write_config: WriteConfig) -> None:
-    text = BASE.replace('identity: "{identity}"', 'identity: "qsgw-id-v1:AAAA.BBBB"')
+    text = BASE.replace('identity: "{identity}"', 'identity: "qsgw-id-v2:AAAA.BBBB.00000000"')
     e = the_error(write_config(text), "peers[0].identity")
     assert e.line == 16 and "qsgw keygen" in e.message
 

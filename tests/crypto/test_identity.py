@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import stat
+import string
 from pathlib import Path
 
 import pytest
@@ -21,18 +22,52 @@ def _keygen(out: Path, *extra: str) -> int:
 def test_public_text_round_trip() -> None:
     pub = LocalIdentity.generate().public
     text = pub.to_text()
-    assert text.startswith("qsgw-id-v1:") and "\n" not in text
+    assert text.startswith("qsgw-id-v2:") and "\n" not in text
+    assert text.endswith("." + pub.check()) and len(pub.check()) == 8
     assert PublicIdentity.from_text("  " + text + "\n") == pub
     assert len(pub.fingerprint()) == 39 and pub.fingerprint() in repr(pub)
 
 
 @pytest.mark.parametrize("bad", [
     "", "qsgw-id-v2:AAAA.AAAA", "qsgw-id-v1:AAAA", "qsgw-id-v1:@@@.AAAA",
-    "qsgw-id-v1:AAAA.AAAA", "qsgw-id-v1:a.b.c",
+    "qsgw-id-v1:AAAA.AAAA", "qsgw-id-v1:a.b.c", "qsgw-id-v2:AAAA.AAAA.00000000",
+    "qsgw-id-v3:AAAA.AAAA.00000000",
 ])
 def test_bad_public_text_is_refused(bad: str) -> None:
     with pytest.raises(IdentityError):
         PublicIdentity.from_text(bad)
+
+
+def test_v1_is_refused_unless_allowed_and_v2_catches_every_change() -> None:
+    pub = LocalIdentity.generate().public
+    ed, ml, check = pub.to_text().removeprefix("qsgw-id-v2:").split(".")
+    v1 = f"qsgw-id-v1:{ed}.{ml}"
+    with pytest.raises(IdentityError, match="no checksum"):
+        PublicIdentity.from_text(v1)
+    assert PublicIdentity.from_text(v1, allow_v1=True) == pub
+    other = "0" if check[0] != "0" else "1"
+    b64 = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
+    spare = b64[b64.index(ed[-2]) ^ 1]  # the same 32 bytes: only a spare bit differs
+    def swap(c: str) -> str:
+        return "x" if c != "x" else "y"
+    for bad in (f"{ed[:3]}{swap(ed[3])}{ed[4:]}.{ml}.{check}",
+                f"{ed}.{ml[:-9]}{swap(ml[-9])}{ml[-8:]}.{check}",
+                f"{ed}.{ml}.{other}{check[1:]}", f"{ed[:-2]}{spare}=.{ml}.{check}"):
+        assert bad != f"{ed}.{ml}.{check}"
+        with pytest.raises(IdentityError, match="checksum mismatch"):
+            PublicIdentity.from_text(f"qsgw-id-v2:{bad}")
+
+
+def test_keygen_show_prints_the_same_identity_in_v2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "id"
+    assert _keygen(out) == 0
+    made = capsys.readouterr().out
+    (out / "identity.pub").write_text("qsgw-id-v1:old\n")  # as an old keygen left it
+    assert _keygen(out, "--show") == 0
+    assert capsys.readouterr().out == made
+    assert (out / "identity.pub").read_text().strip() == made.splitlines()[-1]
 
 
 def test_keygen_writes_0600_and_refuses_overwrite(
