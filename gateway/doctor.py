@@ -154,9 +154,18 @@ def _throwaway_charon_plugins(plugins: Sequence[str]) -> list[str]:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
 
+    from gateway.tunnels.charon_process import CharonError
+
+    # charon needs its base set (random, nonce, ...) to start at all.
+    load = tuple(dict.fromkeys((*DEFAULT_PLUGINS, *plugins)))
     with tempfile.TemporaryDirectory(prefix="qsgw-doctor-") as tmp:
-        charon = CharonInstance(Path(tmp), spawn=spawn, plugins=plugins)
-        charon.start(timeout=10.0)
+        charon = CharonInstance(Path(tmp), spawn=spawn, plugins=load)
+        try:
+            charon.start(timeout=10.0)
+        except CharonError as exc:
+            log = charon.log_file.read_text(errors="replace") if charon.log_file.exists() else ""
+            tail = " | ".join(log.strip().splitlines()[-3:])
+            raise CharonError(f"{exc}: {tail or 'no log'}") from None
         try:
             return _vici_plugins(charon.vici_socket)
         finally:
@@ -182,14 +191,15 @@ def charon_plugins(
     if vici_socket is not None and vici_socket.exists():
         with contextlib.suppress(Exception):
             loaded, source = _vici_plugins(vici_socket), f"charon at {vici_socket}"
+    if loaded is None:
+        source = "plugin file present (not root: charon not asked)"
     if loaded is None and os.geteuid() == 0 and shutil.which("unshare"):
+        source = "plugin file present (the test charon did not start)"
         try:
             loaded, source = _throwaway_charon_plugins(needed), "loaded by a test charon"
         except Exception as exc:  # reported as the finding
             yield Finding("charon", "charon starts", "missing", f"a test charon failed: {exc}",
                           "apt-get install strongswan-charon strongswan-libcharon", True, feature)
-    if loaded is None:
-        source = "plugin file present (not root: charon not asked)"
     for plugin in needed:
         package = PLUGIN_PACKAGES.get(plugin, "libstrongswan")
         check = f"charon plugin {plugin}"
@@ -229,6 +239,27 @@ def liboqs() -> Finding:
         return Finding("liboqs", "liboqs-python", "missing", f"liboqs at {found} but `oqs` "
                        "does not import", LIBOQS_FIX, True, "liboqs")
     return _ok("liboqs", "liboqs", found, "liboqs")
+
+
+def netns() -> Finding:
+    """Root and network namespaces (the demo, the tests and the benchmarks)."""
+    from gateway.netns import netns_unavailable_reason
+
+    reason = netns_unavailable_reason()
+    if reason is None:
+        return _ok("netns", "network namespaces", "root, can create one", "netns", False)
+    fix = "run as root (CI does)" if os.geteuid() != 0 else "a kernel with CONFIG_NET_NS"
+    return Finding("netns", "network namespaces", "missing", reason, fix, False, "netns")
+
+
+def kme_simulator() -> Finding:
+    """The KME simulator imports (its dependencies are in the venv setup makes)."""
+    try:
+        import kms_client.sim.server  # noqa: F401
+    except ImportError as exc:
+        return Finding("kme-sim", "KME simulator", "missing", f"does not import: {exc}",
+                       "make setup (the venv)", True, "kme")
+    return _ok("kme-sim", "KME simulator", "imports", "kme")
 
 
 def mqtt_broker(host: str, port: int) -> Finding:
@@ -434,6 +465,10 @@ def component_findings(component: str) -> Iterator[Finding]:
         yield from charon_plugins()
     elif component == "liboqs":
         yield liboqs()
+    elif component == "netns":
+        yield netns()
+    elif component == "kme-sim":
+        yield kme_simulator()
     elif component.startswith("kernel-"):
         yield kernel_module(component.removeprefix("kernel-"), "")
     else:

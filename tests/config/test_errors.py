@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import ctypes.util
-import importlib.util
 import os
 from pathlib import Path
 
@@ -250,13 +249,6 @@ def test_backoff_max_below_initial(write_config: WriteConfig) -> None:
     assert e.line == 20 and ">= initial" in e.message
 
 
-needs_suites = pytest.mark.skipif(
-    importlib.util.find_spec("gateway.crypto.suites") is None,
-    reason="gateway.crypto.suites (the suite registry) is not there yet",
-)
-
-
-@needs_suites
 def test_unknown_suite(write_config: WriteConfig) -> None:
     e = the_error(
         write_config(BASE.replace("suite: default", "suite: kyber-9000")), "peers[0].suite"
@@ -265,7 +257,6 @@ def test_unknown_suite(write_config: WriteConfig) -> None:
     assert "kyber-9000" in e.message and "default" in e.message and "mlkem1024" in e.message
 
 
-@needs_suites
 @pytest.mark.skipif(
     ctypes.util.find_library("oqs") is not None, reason="liboqs is installed: no provider missing"
 )
@@ -280,10 +271,6 @@ def test_bad_identity(write_config: WriteConfig) -> None:
     assert e.line == 16 and "qsgw-id-v2" in e.message and "qsgw keygen" in e.message
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("gateway.identity") is None,
-    reason="gateway.identity (PublicIdentity) is not there yet",
-)
 def test_identity_with_truncated_keys(write_config: WriteConfig) -> None:
     text = BASE.replace('identity: "{identity}"', 'identity: "qsgw-id-v2:AAAA.BBBB.00000000"')
     e = the_error(write_config(text), "peers[0].identity")

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _requires import require
 
-from gateway.netns import NetnsLab, netns_unavailable_reason
+from gateway.netns import NetnsLab
 from gateway.sitelab import Site, SiteLab
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"
 
 
-def _missing() -> str | None:
-    reason = netns_unavailable_reason()
-    if reason:
-        return reason
-    for tool in ("wireguard-go", "wg", "ping"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (make setup installs it)"
-    return None
-
-
 @pytest.fixture
 def sitelab() -> Iterator[SiteLab]:
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
+    require("netns", "wireguard-go", "wg", "ping", "tun")
     with tempfile.TemporaryDirectory(prefix="qsgw-test-") as tmp, \
             NetnsLab(prefix="qsgwd") as lab:
         sites = SiteLab(lab, Path(tmp), TOPOLOGY)

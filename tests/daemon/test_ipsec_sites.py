@@ -8,18 +8,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _requires import require
 
 from gateway.sitelab import Site, SiteLab, Tunnel
-from gateway.tunnels.charon_process import charon_missing_reason
 
 pytestmark = pytest.mark.netns
 
 
 @pytest.fixture
 def ipsec_sites(sitelab: SiteLab) -> Iterator[SiteLab]:
-    reason = charon_missing_reason()
-    if reason:
-        pytest.skip(reason)
+    require("charon", "unshare")
     yield sitelab
 
 

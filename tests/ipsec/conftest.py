@@ -17,21 +17,13 @@ from typing import Any
 
 import pytest
 import vici
+from _requires import require
 
-from gateway.tunnels.charon_process import CharonInstance, charon_missing_reason
+from gateway.tunnels.charon_process import CharonInstance
 from gateway.tunnels.strongswan import IpsecSettings, StrongSwanDriver
 
 A_OUTER, B_OUTER = "192.0.2.1", "192.0.2.2"
 A_INNER, B_INNER = "198.51.100.1", "203.0.113.1"
-
-
-def _skip_reason() -> str | None:
-    reason = charon_missing_reason()
-    if reason is not None:
-        return reason
-    from gateway.netns import netns_unavailable_reason
-
-    return netns_unavailable_reason()
 
 
 @dataclass
@@ -66,9 +58,7 @@ class Site:
 
 @pytest.fixture
 def lab() -> Iterator[Any]:
-    reason = _skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    require("netns", "charon", "tun", "ip", "unshare")
     from gateway.netns import NetnsLab
 
     with NetnsLab() as lab:

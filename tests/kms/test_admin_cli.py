@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _requires import require
 
 from gateway.cli import main
 
-try:
-    from kms_client.sim.server import Simulator
-except ImportError as exc:  # pragma: no cover - only while the simulator is missing
-    pytest.skip(f"KME simulator not importable: {exc}", allow_module_level=True)
+require("kme-sim")  # its dependencies come with the venv `make setup` makes
+from kms_client.sim.server import Simulator  # noqa: E402
 
 TOPOLOGY = """
 name: clitest

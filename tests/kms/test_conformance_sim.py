@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _requires import require
 from kms_helpers import FAST_RETRY, TestCA
 
 from kms_client import (
@@ -30,10 +31,8 @@ from kms_client import (
     SaeCredentials,
 )
 
-try:
-    from kms_client.sim.server import Simulator
-except ImportError as exc:  # pragma: no cover - only while the simulator is missing
-    pytest.skip(f"KME simulator not importable: {exc}", allow_module_level=True)
+require("kme-sim")  # its dependencies come with the venv `make setup` makes
+from kms_client.sim.server import Simulator  # noqa: E402
 
 # A-B: a big pool; A-C: a link for multicast; A-D: a tiny pool with no refill (exhaustion).
 TOPOLOGY = """

@@ -3,30 +3,19 @@ mutual TLS, one network namespace per site (prefix `qsscen`, removed after each 
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
+from _requires import require
 
-from gateway.netns import NetnsLab, netns_unavailable_reason
+from gateway.netns import NetnsLab
 from gateway.scenarios import load
 from gateway.scenarios.runner import ScenarioRun
 
 OpenRun = Callable[..., AbstractContextManager[ScenarioRun]]
-
-
-def _missing(ipsec: bool) -> str | None:
-    reason = netns_unavailable_reason()
-    if reason:
-        return reason
-    tools = ["wireguard-go", "wg", "ping", *(["charon", "swanctl"] if ipsec else [])]
-    for tool in tools:
-        if shutil.which(tool) is None and not Path(f"/usr/lib/ipsec/{tool}").exists():
-            return f"{tool} is not installed (make setup installs it)"
-    return None
 
 
 @pytest.fixture
@@ -36,9 +25,9 @@ def open_run(request: pytest.FixtureRequest) -> OpenRun:
     @contextmanager
     def opener(name: str, start: bool = True, **kw: bool) -> Iterator[ScenarioRun]:
         scenario = load(name)
-        reason = _missing(any(t.kind == "ipsec" for t in scenario.tunnels))
-        if reason:
-            pytest.skip(reason)
+        ipsec = any(t.kind == "ipsec" for t in scenario.tunnels)
+        require("netns", "wireguard-go", "wg", "ping", "tun",
+                *(["charon", "swanctl", "unshare"] if ipsec else []))
         with tempfile.TemporaryDirectory(prefix=f"qsgw-{name}-") as tmp, \
                 NetnsLab(prefix="qsscen") as lab:
             run = ScenarioRun(scenario, lab, Path(tmp), record_keys=True, **kw)

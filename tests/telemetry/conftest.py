@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _requires import require
 
 from kms_client.sim.pki import ensure_pki
 
@@ -71,8 +72,7 @@ class Broker:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
-    if not (os.path.exists(MOSQUITTO) and os.path.exists(MOSQUITTO_PASSWD)):
-        pytest.skip("mosquitto / mosquitto_passwd not installed (Debian package mosquitto)")
+    require("mosquitto", "mosquitto_passwd")
     d = tmp_path / "mosquitto"
     d.mkdir()
     ca, cert, key = make_pki(d)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _requires import require
 
-from gateway.netns import NetnsLab, require_root
+from gateway.netns import NetnsLab
 from gateway.tunnels.base import TunnelDriver
 from gateway.tunnels.wireguard_common import WireGuardSettings
 
@@ -48,12 +48,7 @@ def make_keypair(tmp: Path, name: str) -> KeyPair:
 
 @pytest.fixture
 def need_wireguard_go() -> None:
-    require_root()
-    for tool in ("wireguard-go", "wg", "ping"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (Debian: wireguard-go, wireguard-tools, iputils)")
-    if not os.path.exists("/dev/net/tun"):
-        pytest.skip("/dev/net/tun is missing (wireguard-go needs TUN)")
+    require("netns", "wireguard-go", "wg", "ping", "tun")
 
 
 @pytest.fixture
