@@ -767,6 +767,45 @@ class _Located:
         return node, path
 
 
+_INDENT_PROBLEMS = ("mapping values are not allowed here", "expected <block end>",
+                    "did not find expected key", "cannot start any token")
+
+
+def _indentation_issue(text: str, line: int, problem: str) -> tuple[str, str] | None:
+    """(enclosing field, words) for a YAML error that is bad indentation, else None."""
+    lines = text.splitlines()
+    if not any(p in problem for p in _INDENT_PROBLEMS) or not 0 < line <= len(lines):
+        return None
+    bad = lines[line - 1]
+    indent = len(bad) - len(bad.lstrip(" \t"))
+    # The enclosing field: the nearest earlier section (a `key:` line or a list
+    # item) indented less, then its own enclosing sections.
+    path: list[str] = []
+    for n in range(line - 2, -1, -1):
+        raw, stripped = lines[n], lines[n].strip()
+        own = len(raw) - len(raw.lstrip(" "))
+        if not stripped or stripped.startswith("#") or own >= indent:
+            continue
+        if stripped.startswith("- "):  # its index: the items before it at its indentation
+            first = next((i for i in range(n - 1, -1, -1)
+                          if lines[i].strip() and len(lines[i]) - len(lines[i].lstrip()) < own),
+                         -1)
+            path.insert(0, f"[{sum(x.startswith(' ' * own + '- ') for x in lines[first + 1:n])}]")
+        elif stripped.endswith(":"):
+            path.insert(0, stripped[:-1].strip())
+        else:
+            continue  # a scalar field indented less is a sibling, not a section
+        indent = own
+    where = "".join(f".{p}" if not p.startswith("[") else p for p in path).lstrip(".")
+    inside = f"the fields of {where}" if where else "the top-level sections"
+    if "\t" in bad[: len(bad) - len(bad.lstrip(" \t"))]:
+        return where, f"bad indentation: a tab indents line {line}; YAML indents with spaces only"
+    return where, (
+        f"bad indentation: line {line} is not aligned with {inside} (YAML nests by "
+        "indentation: give every field of a section the same number of spaces)"
+    )
+
+
 def _compose(text: str, file: str) -> tuple[Any, _Located, list[ConfigIssue]]:
     issues: list[ConfigIssue] = []
     loader: yaml.SafeLoader | None = None
@@ -776,6 +815,9 @@ def _compose(text: str, file: str) -> tuple[Any, _Located, list[ConfigIssue]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 0)
+        hint = _indentation_issue(text, line, str(exc.problem or ""))
+        if hint is not None:
+            raise ConfigError([ConfigIssue(file, line, hint[0], hint[1], col)]) from None
         raise ConfigError(
             [ConfigIssue(file, line, "", f"YAML syntax: {exc.problem or exc}", col)]
         ) from None

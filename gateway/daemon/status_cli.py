@@ -56,6 +56,11 @@ def format_table(doc: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     socket_path = args.socket
+    if socket_path is None and args.config is None and not DEFAULT_CONFIG_PATH.exists():
+        print(f"qsgw status: no socket given and no config at {DEFAULT_CONFIG_PATH}: use "
+              "-c FILE (the gateway config, to find its status socket) or -s SOCKET",
+              file=sys.stderr)
+        return 2
     if socket_path is None:
         try:
             config = load_config(args.config or DEFAULT_CONFIG_PATH, check_files=False)

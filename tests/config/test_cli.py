@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from gateway.crypto import oqs_provider
 from gateway.identity import PublicIdentity
 
 from .conftest import BASE, WriteConfig
@@ -101,6 +105,31 @@ def test_file_checks_can_be_skipped(write_config: WriteConfig, site: Path) -> No
     refused = qsgw("check", "-c", str(path))
     assert refused.returncode == 1 and "chmod 600" in refused.stderr
     assert qsgw("check", "-c", str(path), "--no-file-checks").returncode == 0
+
+
+@pytest.mark.skipif(oqs_provider.find_liboqs() is not None,
+                    reason="liboqs is installed here: there is no advice to give")
+def test_liboqs_advice_is_printed_once(write_config: WriteConfig) -> None:
+    second = BASE.split("peers:\n", 1)[1].replace("id: gw-b", "id: gw-c").replace(
+        "interface: wg-b", "interface: wg-c").replace("51820", "51821")
+    text = (BASE + second).replace("suite: default", "suite: hqc192")
+    out = qsgw("check", "-c", str(write_config(text)))
+    assert out.returncode == 1
+    assert out.stderr.count("peers[0].suite") == 1 and out.stderr.count("peers[1].suite") == 1
+    assert out.stderr.count("pip install") == 1 and "make setup" in out.stderr
+
+
+def test_status_without_config_or_socket_says_use_c_or_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.daemon import status_cli
+
+    monkeypatch.setattr(status_cli, "DEFAULT_CONFIG_PATH", tmp_path / "absent.yaml")
+    parser = argparse.ArgumentParser()
+    status_cli.add_arguments(parser)
+    assert status_cli.run(parser.parse_args([])) == 2
+    err = capsys.readouterr().err
+    assert "-c FILE" in err and "-s SOCKET" in err
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

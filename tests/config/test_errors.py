@@ -440,6 +440,26 @@ def test_error_tuple_shape(write_config: WriteConfig) -> None:
     assert str(errors_of(path)[0]).startswith(f"{path}:24:20: peers[0].tunnel.listen_port: ")
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "field", "line"),
+    [
+        ("  ca_file: kme/ca.pem\n", " ca_file: kme/ca.pem\n", "kme", 8),  # too shallow
+        ("      interface: wg-b\n", "       interface: wg-b\n", "peers[0].tunnel", 21),
+        ("    sae_id: SAE_B_GW\n", "     sae_id: SAE_B_GW\n", "peers[0]", 14),
+        ("  identity_dir: identity\n", "\tidentity_dir: identity\n", "gateway", 3),
+    ],
+)
+def test_indentation_error_says_so_and_names_the_enclosing_field(
+    write_config: WriteConfig, old: str, new: str, field: str, line: int
+) -> None:
+    errors = errors_of(write_config(BASE.replace(old, new)))
+    assert len(errors) == 1, errors
+    e = errors[0]
+    assert "bad indentation" in e.message and e.field == field, e
+    assert e.line in (line, line + 1)  # PyYAML marks the line it stopped at
+    assert ("spaces" in e.message) and "YAML syntax" not in e.message
+
+
 def test_yaml_syntax_error(write_config: WriteConfig) -> None:
     path = write_config(BASE.replace("    sae_id: SAE_B_GW\n", "    sae_id: [SAE_B_GW\n"))
     errors = errors_of(path)
