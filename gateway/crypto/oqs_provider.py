@@ -52,9 +52,8 @@ OQS_KEMS: dict[str, _OqsKemInfo] = {
         ("FrodoKEM-1344-SHAKE", False),
         ("Classic-McEliece-460896f", True),
         ("Classic-McEliece-6688128f", True),
-        ("HQC-128", False),
-        ("HQC-192", False),
-        ("HQC-256", False),
+        # liboqs 0.16 implements HQC as of its 2025-08-22 specification as HQC-1/3/5.
+        ("HQC-3", False),
         ("ML-KEM-768", False),
         ("ML-KEM-1024", False),
     )
