@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("gateway.daemon.cli", "run the gateway daemon"),
     "status": ("gateway.daemon.status_cli", "show the running daemon's peers"),
     "audit": ("gateway.telemetry.audit_cli", "verify or show the audit trail"),
+    "crypto-inventory": ("gateway.crypto.inventory_cli",
+                         "list each suite's algorithms, providers, versions and standing"),
 }
 
 

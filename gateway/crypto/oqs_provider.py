@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes.util
 import glob
 import importlib
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -95,6 +96,10 @@ def load_oqs() -> Any:
         os.environ["OQS_INSTALL_PATH"] = root
     elif ctypes.util.find_library("oqs") is None:
         raise OqsUnavailable(MISSING_LIBRARY_REASON)
+    # liboqs-python adds a stdout handler to its logger at import and logs to it,
+    # which would corrupt `--json` output: silence it, and let it go through ours.
+    oqs_logger = logging.getLogger("oqs.oqs")
+    oqs_logger.disabled = True
     try:
         return importlib.import_module("oqs")
     except ImportError as exc:
@@ -103,6 +108,11 @@ def load_oqs() -> Any:
         ) from exc
     except SystemExit as exc:  # its auto-installer gave up: never let it end the daemon
         raise OqsUnavailable(f"liboqs-python could not load liboqs; {INSTALL_HINT}") from exc
+    finally:
+        for handler in list(oqs_logger.handlers):
+            oqs_logger.removeHandler(handler)
+        oqs_logger.setLevel(logging.WARNING)
+        oqs_logger.disabled = False
 
 
 def available() -> bool:
