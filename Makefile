@@ -13,15 +13,20 @@ STAMPS  := .stamps
 DEB_PACKAGES := wireguard-go wireguard-tools strongswan-charon strongswan-swanctl \
                 strongswan-libcharon libstrongswan libstrongswan-standard-plugins \
                 libcharon-extra-plugins mosquitto mosquitto-clients iproute2 iputils-ping \
-                nftables openssl procps util-linux kmod python3-venv
+                nftables openssl procps util-linux kmod python3-venv \
+                cmake ninja-build gcc libc6-dev libssl-dev git ca-certificates
+# liboqs: built from the pinned source into the venv (scripts/build-liboqs.sh);
+# LIBOQS_TARBALL names a local copy of it (checked against its SHA-256).
+LIBOQS_PREFIX := .venv/opt/liboqs
+export LIBOQS_TARBALL
 DEMO_SECONDS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv demo test test-slow lint bench clean
+.PHONY: setup deps venv liboqs demo test test-slow lint bench clean
 
 # Ends with the doctor: it fails setup only for what setup installs (a kernel
 # module is reported, not fatal).
-setup: deps venv
+setup: deps venv liboqs
 	@.venv/bin/qsgw doctor
 
 # Debian packages: apt-get only when one is missing, so a set-up machine
@@ -43,8 +48,15 @@ $(STAMPS)/venv: pyproject.toml
 	@mkdir -p $(STAMPS)
 	@[ -x $(PY) ] || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,oqs]'
 	@touch $@
+
+# OQS_INSTALL_PATH points liboqs-python at our build, so it never fetches one.
+liboqs: $(STAMPS)/venv
+	@scripts/build-liboqs.sh $(CURDIR)/$(LIBOQS_PREFIX)
+	@OQS_INSTALL_PATH=$(CURDIR)/$(LIBOQS_PREFIX) $(PY) -c \
+	  'import gateway.crypto.oqs_provider as p; p.load_oqs()' \
+	  || { echo "liboqs-python cannot load $(LIBOQS_PREFIX)" >&2; exit 1; }
 
 # `make demo SCENARIO=<name>` runs one seed deployment (benelux-mdi, beqci,
 # int-uqkd, madqci) on its own timeline; DEMO_SECONDS applies when given.

@@ -570,9 +570,17 @@ class PeerConfig(_Model):
         except ImportError:  # pragma: no cover - only while the module is being written
             return value
         try:
-            lookup_suite(value)
+            suite = lookup_suite(value)
         except SuiteError as exc:
             raise ValueError(str(exc)) from None
+        if suite.static_kems:
+            # The handshake supports pinned static McEliece keys; provisioning them
+            # through the config (keygen, pinning) is not there yet: refuse, don't crash.
+            raise ValueError(
+                f"suite {value!r} needs a pinned static {', '.join(sorted(suite.static_kems))} "
+                "key per gateway, which the config cannot provision yet; use frodo1344shake "
+                "or frodo1344aes for a conservative (unstructured-lattice) KEM"
+            )
         return value
 
 

@@ -2,9 +2,11 @@
 
 ``import oqs`` without a findable liboqs shared library sleeps, tries to
 ``git clone`` and build liboqs, then raises SystemExit. So the library is
-looked for first (ctypes.util.find_library, then $OQS_INSTALL_PATH/lib) and
-``oqs`` is imported only when it is there; every failure becomes
-``OqsUnavailable`` with a reason an operator can act on.
+looked for first ($OQS_INSTALL_PATH/lib, then the copy `make setup` builds
+into the venv, ``<sys.prefix>/opt/liboqs``) and ``oqs`` is imported only when
+it is there, with OQS_INSTALL_PATH pointing at that prefix so liboqs-python
+loads exactly it; every failure becomes ``OqsUnavailable`` with a reason an
+operator can act on.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import ctypes.util
 import glob
 import importlib
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -20,13 +24,11 @@ from typing import Any
 from gateway.crypto.providers import KemKeyPair, ProviderError
 
 PROVIDER_NAME = "liboqs"
-INSTALL_HINT = (
-    "install liboqs (https://github.com/open-quantum-safe/liboqs) and "
-    "`pip install 'qsgw[oqs]'`"
-)
+PINNED_VERSION = "0.16.0"
+INSTALL_HINT = "run `make setup` (it builds the pinned liboqs into the venv and installs qsgw[oqs])"
 MISSING_LIBRARY_REASON = (
-    "liboqs shared library not installed (ctypes.util.find_library('oqs') is None); "
-    "install liboqs and `pip install 'qsgw[oqs]'`"
+    "liboqs shared library not found ($OQS_INSTALL_PATH/lib, <venv>/opt/liboqs/lib); "
+    + INSTALL_HINT
 )
 
 
@@ -51,34 +53,53 @@ OQS_KEMS: dict[str, _OqsKemInfo] = {
         ("FrodoKEM-1344-SHAKE", False),
         ("Classic-McEliece-460896f", True),
         ("Classic-McEliece-6688128f", True),
-        ("HQC-128", False),
-        ("HQC-192", False),
-        ("HQC-256", False),
+        # liboqs 0.16 implements HQC as of its 2025-08-22 specification as HQC-1/3/5.
+        ("HQC-3", False),
         ("ML-KEM-768", False),
         ("ML-KEM-1024", False),
     )
 }
 
 
+def install_prefixes() -> list[str]:
+    """Where liboqs is looked for, in order: $OQS_INSTALL_PATH, the venv's copy."""
+    roots = [os.environ.get("OQS_INSTALL_PATH", ""), os.path.join(sys.prefix, "opt", "liboqs")]
+    return [r for r in dict.fromkeys(roots) if r]
+
+
+def find_liboqs_prefix() -> str | None:
+    """The install prefix holding a liboqs shared library, or None; imports nothing."""
+    for root in install_prefixes():
+        for pattern in ("liboqs.so*", "liboqs.dylib", "oqs.dll"):
+            if glob.glob(os.path.join(root, "lib", pattern)):
+                return root
+    return None
+
+
 def find_liboqs() -> str | None:
     """The path or name of the liboqs shared library, or None; imports nothing."""
-    found = ctypes.util.find_library("oqs")
-    if found:
-        return found
-    root = os.environ.get("OQS_INSTALL_PATH")
-    if root:
+    root = find_liboqs_prefix()
+    if root is not None:
         for pattern in ("liboqs.so*", "liboqs.dylib", "oqs.dll"):
             hits = sorted(glob.glob(os.path.join(root, "lib", pattern)))
             if hits:
                 return hits[0]
-    return None
+    return ctypes.util.find_library("oqs")
 
 
 @lru_cache(maxsize=1)
 def load_oqs() -> Any:
     """Import liboqs-python, only once liboqs itself is known to be present."""
-    if find_liboqs() is None:
+    root = find_liboqs_prefix()
+    if root is not None:
+        # liboqs-python loads from here and never reaches its auto-installer.
+        os.environ["OQS_INSTALL_PATH"] = root
+    elif ctypes.util.find_library("oqs") is None:
         raise OqsUnavailable(MISSING_LIBRARY_REASON)
+    # liboqs-python adds a stdout handler to its logger at import and logs to it,
+    # which would corrupt `--json` output: silence it, and let it go through ours.
+    oqs_logger = logging.getLogger("oqs.oqs")
+    oqs_logger.disabled = True
     try:
         return importlib.import_module("oqs")
     except ImportError as exc:
@@ -87,6 +108,11 @@ def load_oqs() -> Any:
         ) from exc
     except SystemExit as exc:  # its auto-installer gave up: never let it end the daemon
         raise OqsUnavailable(f"liboqs-python could not load liboqs; {INSTALL_HINT}") from exc
+    finally:
+        for handler in list(oqs_logger.handlers):
+            oqs_logger.removeHandler(handler)
+        oqs_logger.setLevel(logging.WARNING)
+        oqs_logger.disabled = False
 
 
 def available() -> bool:

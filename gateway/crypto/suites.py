@@ -84,7 +84,7 @@ _SUITES: dict[str, Callable[[], Suite]] = {
     "frodo976shake": _oqs_suite("frodo976shake", "FrodoKEM-976-SHAKE"),
     "frodo1344aes": _oqs_suite("frodo1344aes", "FrodoKEM-1344-AES"),
     "frodo1344shake": _oqs_suite("frodo1344shake", "FrodoKEM-1344-SHAKE"),
-    "hqc192": _oqs_suite("hqc192", "HQC-192"),
+    "hqc3": _oqs_suite("hqc3", "HQC-3"),
     # A static KEM gives no forward secrecy, so an ephemeral ML-KEM stays in.
     "mceliece460896f": _oqs_suite(
         "mceliece460896f", "Classic-McEliece-460896f", extra=(builtin.ML_KEM_768,)

@@ -23,6 +23,7 @@ from gateway.handshake.messages import (
     MAX_SUITE_LEN,
     NONCE_SIZE,
     PROTOCOL_VERSION,
+    RETIRED_VERSIONS,
     Confirm,
     Init,
     Message,
@@ -202,8 +203,15 @@ def peek_type(data: bytes) -> MessageType:
         raise DecodeError(f"message exceeds {MAX_MESSAGE_SIZE} bytes")
     if len(data) < 2:
         raise DecodeError("truncated header")
+    if data[0] in RETIRED_VERSIONS:
+        raise DecodeError(
+            f"protocol version {data[0]} is no longer supported ({RETIRED_VERSIONS[data[0]]}); "
+            f"upgrade the peer to a qsgw speaking version {PROTOCOL_VERSION}"
+        )
     if data[0] != PROTOCOL_VERSION:
-        raise DecodeError(f"unsupported protocol version {data[0]}")
+        raise DecodeError(
+            f"unsupported protocol version {data[0]} (this gateway speaks {PROTOCOL_VERSION})"
+        )
     try:
         return MessageType(data[1])
     except ValueError:

@@ -168,7 +168,10 @@ class InitiatorHandshake(MachineBase):
         try:
             for kem, pair, ct in zip(p.suite.kems, self._pairs, resp.ciphertexts, strict=True):
                 secrets.append((kem.name, kem.decapsulate(pair, ct)))
-            keys = combine(qkd, secrets, th1)
+            keys = combine(
+                qkd, secrets, suite=p.suite.name, transcript_hash=th1,
+                ma=self._init_wire, mb=resp.kdf_part,
+            )
         except ProviderError as exc:
             return list(self._fail(FailureReason.BAD_KEY_SHARE, str(exc)))
         finally:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-PROTOCOL_VERSION = 1
+# 2: the ETSI TS 103 744 CatKDF key schedule. Version 1 (the earlier
+# HKDF-based combiner) derives different keys, so it is refused by name.
+PROTOCOL_VERSION = 2
+RETIRED_VERSIONS = {1: "its pre-CatKDF key schedule derives different keys"}
 MAX_MESSAGE_SIZE = 65536
 NONCE_SIZE = 32
 MAC_SIZE = 48

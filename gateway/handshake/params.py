@@ -56,7 +56,7 @@ class HandshakeParams:
 
 def static_key_hash(public: bytes) -> bytes:
     """What INIT carries in place of a static public key."""
-    return hashlib.sha256(b"qsgw/1 static kem" + public).digest()
+    return hashlib.sha256(b"qsgw/2 static kem" + public).digest()
 
 
 class MachineBase:

@@ -177,7 +177,9 @@ class ResponderHandshake(MachineBase):
                 outcome, tuple(cts),
             )
             th1 = transcript.th1(init.wire, kdf)
-            keys = combine(qkd, secrets, th1)
+            keys = combine(
+                qkd, secrets, suite=p.suite.name, transcript_hash=th1, ma=init.wire, mb=kdf
+            )
         except ProviderError as exc:
             return list(self._fail(FailureReason.BAD_KEY_SHARE, str(exc)))
         finally:

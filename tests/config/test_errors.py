@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-import ctypes.util
+import importlib.util
 import os
 from pathlib import Path
 
@@ -257,12 +257,30 @@ def test_unknown_suite(write_config: WriteConfig) -> None:
     assert "kyber-9000" in e.message and "default" in e.message and "mlkem1024" in e.message
 
 
-@pytest.mark.skipif(
-    ctypes.util.find_library("oqs") is not None, reason="liboqs is installed: no provider missing"
-)
-def test_suite_whose_provider_is_missing(write_config: WriteConfig) -> None:
-    e = the_error(write_config(BASE.replace("suite: default", "suite: hqc192")), "peers[0].suite")
-    assert "liboqs" in e.message
+
+def test_suite_whose_provider_is_missing(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fake for the one fault `make setup` cannot show: liboqs absent.
+    from gateway.crypto import oqs_provider
+
+    def missing() -> None:
+        raise oqs_provider.OqsUnavailable(oqs_provider.MISSING_LIBRARY_REASON)
+
+    monkeypatch.setattr(oqs_provider, "load_oqs", missing)
+    e = the_error(write_config(BASE.replace("suite: default", "suite: hqc3")), "peers[0].suite")
+    assert "liboqs" in e.message and "hqc3" in e.message and "make setup" in e.message
+
+
+
+def test_liboqs_suite_is_accepted_where_liboqs_is_installed(write_config: WriteConfig) -> None:
+    from tests.liboqs_gate import require_liboqs
+
+    require_liboqs()
+    path = write_config(BASE.replace("suite: default", "suite: frodo1344shake"))
+    from gateway.config import load_config
+
+    assert load_config(path).peers[0].suite == "frodo1344shake"
 
 
 def test_bad_identity(write_config: WriteConfig) -> None:
@@ -505,3 +523,14 @@ def test_long_plain_path_is_not_taken_for_a_key(write_config: WriteConfig) -> No
     text = BASE.replace("private_key_file: wg/wg-b.key", f"private_key_file: {long_path}")
     tunnel = load_config(write_config(text), check_files=False).peers[0].tunnel
     assert isinstance(tunnel, WireGuardTunnel) and str(tunnel.private_key_file) == long_path
+
+
+
+def test_static_key_suite_is_refused_until_it_can_be_provisioned(write_config: WriteConfig
+                                                                  ) -> None:
+    from tests.liboqs_gate import require_liboqs
+
+    require_liboqs()
+    e = the_error(write_config(BASE.replace("suite: default", "suite: mceliece460896f")),
+                  "peers[0].suite")
+    assert "static Classic-McEliece-460896f" in e.message and "frodo1344" in e.message

@@ -21,6 +21,7 @@ from gateway.handshake import (
 )
 from gateway.identity import LocalIdentity
 from tests.crypto.conftest import NOW, Kme, drive, make_params
+from tests.liboqs_gate import require_liboqs
 
 Ids = tuple[LocalIdentity, LocalIdentity]
 
@@ -244,3 +245,56 @@ def test_secrets_are_not_in_reprs(params: tuple[HandshakeParams, ...]) -> None:
         text = repr(obj)
         assert key_hex not in text and "bytearray" not in text and "\\x01" not in text
     assert isinstance(run.installed_i, InstallKey)
+
+
+OQS_EPHEMERAL = ["frodo976aes", "frodo976shake", "frodo1344aes", "frodo1344shake", "hqc3"]
+
+
+@pytest.mark.parametrize("suite", OQS_EPHEMERAL)
+def test_liboqs_suites_install_the_same_key(identities: Ids, suite: str) -> None:
+    require_liboqs()
+    ip, rp = make_params(identities, suite=suite)
+    run, _, _ = drive(ip, rp)
+    _assert_same_key(run)
+    assert run.installed_i is not None and run.installed_i.suite == suite
+    kem = ip.suite.kems[0]
+    assert run.installed_i.sources == ("QKD", kem.name, "X25519")
+    assert len(run.init) > kem.public_key_size and len(run.resp) > kem.ciphertext_size
+
+
+@pytest.mark.parametrize("suite", ["mceliece460896f", "mceliece6688128f"])
+def test_mceliece_suites_with_pinned_static_keys(identities: Ids, suite: str) -> None:
+    require_liboqs()
+    from gateway.crypto.suites import lookup_suite
+
+    s = lookup_suite(suite)
+    mc = s.kems[0]
+    a_static, b_static = mc.generate(), mc.generate()
+    a, b = identities
+    ip = HandshakeParams("gw-a", "gw-b", a, b.public, s, static_kem_keys={mc.name: a_static},
+                         peer_static_kem_keys={mc.name: b_static.public})
+    rp = HandshakeParams("gw-b", "gw-a", b, a.public, s, static_kem_keys={mc.name: b_static},
+                         peer_static_kem_keys={mc.name: a_static.public})
+    run, _, _ = drive(ip, rp)
+    _assert_same_key(run)
+    assert run.installed_i is not None
+    assert run.installed_i.sources == ("QKD", mc.name, "ML-KEM-768", "X25519")
+    # INIT carries a hash of the static key, not the key; RESP its short ciphertext.
+    assert len(run.init) < 8000 and len(run.resp) < 8000
+    rp_bad = replace(rp, peer_static_kem_keys={mc.name: b_static.public})
+    run, _, _ = drive(ip, rp_bad)
+    assert _reasons(run.actions) == [FailureReason.BAD_KEY_SHARE]
+
+
+def test_protocol_version_1_is_refused_by_name(params: tuple[HandshakeParams, ...]) -> None:
+    ip, rp = params
+    run, _, _ = drive(ip, rp)
+    assert run.init[0] == 2
+    res = ResponderHandshake(rp, 0, NOW)
+    out = res.on_message(b"\x01" + run.init[1:], NOW)
+    rejected = [a for a in out if isinstance(a, Rejected)]
+    assert len(rejected) == 1 and rejected[0].reason is FailureReason.DECODE_ERROR
+    assert "version 1 is no longer supported" in rejected[0].detail
+    assert "upgrade the peer" in rejected[0].detail
+    # The responder carries on: the current INIT still goes through.
+    assert not _reasons(res.on_message(run.init, NOW))
