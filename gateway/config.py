@@ -373,6 +373,15 @@ class ControlSettings(_Model):
     max_frame_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     rate_limit_per_s: float = Field(default=5.0, gt=0)
     timestamp_window_s: float = Field(default=60, gt=0, le=3600)
+    # Admission and load shedding (gateway.daemon.admission / conntable): what an
+    # attacker at a peer's address can hold before it is refused or evicted.
+    max_connections: int = Field(default=128, ge=4, le=65536)
+    max_connections_per_source: int = Field(default=8, ge=1, le=1024)
+    max_connections_per_peer: int = Field(default=2, ge=1, le=64)
+    max_frames_per_connection: int = Field(default=4, ge=2, le=64)
+    first_frame_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    lock_wait_s: float = Field(default=2.0, gt=0, le=30)
+    flood_alarm_refusals: int = Field(default=50, ge=1)  # within 10 s: control_flood
 
 
 class KmeEndpointSettings(_Model):

@@ -27,6 +27,14 @@ class StaleEpochError(JournalError):
     """An epoch not above the last recorded one for that peer."""
 
 
+class EpochRangeError(JournalError):
+    """An epoch outside 1..MAX_EPOCH: the wire carries 64 bits, SQLite stores 63."""
+
+
+# SQLite's INTEGER is signed 64-bit; a larger epoch could not be recorded.
+MAX_EPOCH = 2**63 - 1
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS key_ids (
     key_id TEXT PRIMARY KEY,
@@ -85,6 +93,11 @@ class Journal:
                         (key_id, peer_id, epoch, time.time()),
                     )
                 if epoch is not None:
+                    if not 1 <= epoch <= MAX_EPOCH:
+                        raise EpochRangeError(
+                            f"epoch {epoch} for peer {peer_id} is outside 1..{MAX_EPOCH}, "
+                            "what the journal can store"
+                        )
                     last = self._last_epoch(peer_id)
                     if epoch <= last:
                         raise StaleEpochError(

@@ -23,6 +23,7 @@ from gateway.telemetry import Telemetry
 from gateway.telemetry.setup import build_telemetry
 from kms_client import KmeClient, KmeEndpoint, SaeCredentials
 
+from .admission import InitAdmission
 from .context import DaemonContext
 from .control import ControlServer, resolve_host
 from .drivers import make_driver
@@ -59,6 +60,7 @@ class GatewayDaemon:
         self._telemetry: Telemetry | None = None
         self._ctx: DaemonContext | None = None
         self._allowed: set[str] = set()
+        self._peer_addresses: dict[str, set[str]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._peer_docs: dict[str, dict[str, Any]] = {}
         self.reloads = 0
@@ -89,10 +91,19 @@ class GatewayDaemon:
                          cfg.kme.endpoints[0].kme_id, cfg.kme.dec_keys_deadline_s)
         self._ctx = DaemonContext(cfg, identity, self._journal, keys, self._telemetry)
         self._refresh_allowed()
+        journal = self._journal
+        admission = InitAdmission(
+            cfg.gateway.id, cfg.control.timestamp_window_s,
+            lambda peer: self._peer_addresses.get(peer, set()), journal.last_epoch)
+        telemetry = self._telemetry
         self._control = ControlServer(
             cfg.control.listen.host, cfg.control.listen.port, cfg.control.max_frame_bytes,
-            cfg.control.rate_limit_per_s, self.sessions.get, lambda: self._allowed)
+            cfg.control.rate_limit_per_s, self.sessions.get, lambda: self._allowed,
+            admission=admission, settings=cfg.control,
+            on_flood=lambda active, detail: telemetry.alarm("control_flood", cfg.gateway.id,
+                                                            active, detail))
         await self._control.start()
+        self._background.append(asyncio.create_task(self._control_watch()))
         for peer in cfg.peers:
             await self._add_peer(peer)
         self._status = StatusServer(Path(cfg.gateway.status_socket), self.status_document)
@@ -107,9 +118,12 @@ class GatewayDaemon:
 
     def _refresh_allowed(self) -> None:
         allowed: set[str] = set()
+        by_peer: dict[str, set[str]] = {}
         for peer in self.config.peers:
-            allowed |= resolve_host(peer.control.host)
+            by_peer[peer.id] = resolve_host(peer.control.host)
+            allowed |= by_peer[peer.id]
         self._allowed = allowed
+        self._peer_addresses = by_peer
 
     async def _add_peer(self, peer: PeerConfig) -> None:
         assert self._ctx is not None
@@ -181,6 +195,14 @@ class GatewayDaemon:
                 self._peer_docs[peer_id] = await session.describe()
             await asyncio.sleep(1.0)
 
+    async def _control_watch(self) -> None:
+        # Refusals reach telemetry as totals and one alarm, never one event each.
+        assert self._control is not None and self._telemetry is not None
+        while True:
+            await asyncio.sleep(1.0)
+            self._control.tick()
+            self._telemetry.control_stats(self._control.refused.as_dict(), len(self._control.conns))
+
     async def _pool_watch(self) -> None:
         assert self._ctx is not None
         while True:
@@ -214,7 +236,8 @@ class GatewayDaemon:
             "gateway": self.config.gateway.id,
             "uptime_s": round(time.time() - self.started_at, 1),
             "reloads": self.reloads,
-            "control_refused": dict(self._control.refused) if self._control else {},
+            "control_refused": self._control.refused.as_dict() if self._control else {},
+            "control_connections": len(self._control.conns) if self._control else 0,
             "peers": peers,
         }
 

@@ -66,6 +66,7 @@ class Telemetry:
         self.internal_errors = 0
         self._hs_failures: dict[str, int] = {}
         self._peers: dict[str, str] = {}  # peer -> policy state
+        self._control_refused: dict[str, int] = {}  # last totals seen, per fixed reason
         self._started_at = time.time()
         self._housekeeping: asyncio.Task[None] | None = None
         if mqtt is not None and metrics is not None and mqtt._on_drop is None:
@@ -341,6 +342,19 @@ class Telemetry:
         self._set_alarm(
             AlarmName.IDENTITY_REFUSED, subject, True, f"identity refused from {source}"
         )
+
+    @_guarded
+    def control_stats(self, refused: Mapping[str, int], open_connections: int) -> None:
+        """Refusal totals (fixed reasons) and open connections: metrics only, never one
+        event per refusal (a flood shows as the control_flood alarm)."""
+        if self.metrics is None:
+            return
+        for reason, total in refused.items():
+            delta = total - self._control_refused.get(reason, 0)
+            if delta > 0:
+                self.metrics.control_refused.labels(reason).inc(delta)
+            self._control_refused[reason] = total
+        self.metrics.control_connections.set(open_connections)
 
     @_guarded
     def kme_reachable(self, kme_id: str, ok: bool) -> None:
