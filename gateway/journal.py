@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
+from gateway.fsguard import FileSafetyError, check_secret, open_nofollow, reject_symlink
+
 
 class JournalError(Exception):
     """The journal cannot be opened or written."""
@@ -55,9 +57,16 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            # Created 0600 here, before SQLite opens it (its journal files copy the mode).
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            # Created 0600 here, before SQLite opens it (its journal files copy the mode);
+            # never through a symlink, and an existing file must be ours and 0600.
+            for side in (self.path.with_name(self.path.name + "-wal"),
+                         self.path.with_name(self.path.name + "-shm")):
+                reject_symlink(side)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                check_secret(self.path, os.fstat(fd))
+            finally:
+                os.close(fd)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # WAL + synchronous=FULL: every commit is fsynced before it returns
             # (durable before use), with one fsync instead of DELETE mode's three.
@@ -65,6 +74,8 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+        except FileSafetyError as exc:
+            raise JournalError(f"journal refused: {exc}") from None
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, PeerConfig, diff_peers, load_config
+from gateway.fsguard import check_dir
 from gateway.identity import LocalIdentity
 from gateway.journal import Journal
 from gateway.telemetry import Telemetry
@@ -82,6 +83,8 @@ class GatewayDaemon:
         cfg = self.config
         state_dir = Path(cfg.gateway.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_dir(state_dir, "state_dir")  # checked again: the config was read earlier
+        check_dir(Path(cfg.gateway.identity_dir), "identity_dir")
         identity = LocalIdentity.load(Path(cfg.gateway.identity_dir))
         self._journal = Journal(state_dir / "journal.db")
         self._telemetry = build_telemetry(cfg, identity)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.fsguard import open_nofollow, reject_symlink
 from gateway.telemetry.audit_sign import (
     AuditSigner,
     AuditVerifier,
@@ -116,6 +117,7 @@ class AuditLog:
     def _resume(self) -> None:
         """Pick up the chain where a previous run left it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        reject_symlink(self.path)  # FileSafetyError names the file and the fix
         last: dict[str, Any] | None = None
         first: dict[str, Any] | None = None
         dropped = 0
@@ -170,7 +172,7 @@ class AuditLog:
         return rec
 
     def _open(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = open_nofollow(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = os.fstat(self._fd).st_size
 
     # -- writing ---------------------------------------------------------
