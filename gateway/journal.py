@@ -136,6 +136,16 @@ class Journal:
         """Record a new epoch; StaleEpochError unless it is above the last one."""
         self.commit(peer_id, epoch, ())
 
+    def epochs(self) -> dict[str, int]:
+        """Every peer's last epoch."""
+        return {str(p): int(e) for p, e in self._db.execute("SELECT peer_id, epoch FROM epochs")}
+
+    def key_ids(self) -> list[dict[str, object]]:
+        """Every consumed key_ID (IDs are not secret), oldest first."""
+        rows = self._db.execute(
+            "SELECT key_id, peer_id, epoch, consumed_at FROM key_ids ORDER BY consumed_at")
+        return [{"key_id": k, "peer": p, "epoch": e, "consumed_at": t} for k, p, e, t in rows]
+
     def _last_epoch(self, peer_id: str) -> int:
         row = self._db.execute("SELECT epoch FROM epochs WHERE peer_id = ?", (peer_id,)).fetchone()
         return 0 if row is None else int(row[0])

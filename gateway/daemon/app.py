@@ -20,6 +20,7 @@ from gateway.config import ConfigError, GatewayConfig, PeerConfig, diff_peers, l
 from gateway.fsguard import check_dir
 from gateway.identity import LocalIdentity
 from gateway.journal import Journal
+from gateway.journal_guard import GuardedJournal, check_at_start
 from gateway.telemetry import Telemetry
 from gateway.telemetry.setup import build_telemetry
 from kms_client import KmeClient, KmeEndpoint, SaeCredentials
@@ -86,8 +87,16 @@ class GatewayDaemon:
         check_dir(state_dir, "state_dir")  # checked again: the config was read earlier
         check_dir(Path(cfg.gateway.identity_dir), "identity_dir")
         identity = LocalIdentity.load(Path(cfg.gateway.identity_dir))
-        self._journal = Journal(state_dir / "journal.db")
+        journal_path = state_dir / "journal.db"
+        check_at_start(journal_path, identity, f" -c {self.config_path}")
         self._telemetry = build_telemetry(cfg, identity)
+        telemetry = self._telemetry
+
+        def journal_lost(detail: str) -> None:
+            log.critical("%s: new epochs stop; restore it and restart the daemon", detail)
+            telemetry.alarm("journal_lost", cfg.gateway.id, True, detail)
+
+        self._journal = GuardedJournal(journal_path, identity, journal_lost)
         await self._telemetry.start()
         self._client = self._make_client(cfg)
         keys = KeySupply(self._client, self._telemetry,
@@ -98,7 +107,6 @@ class GatewayDaemon:
         admission = InitAdmission(
             cfg.gateway.id, cfg.control.timestamp_window_s,
             lambda peer: self._peer_addresses.get(peer, set()), journal.last_epoch)
-        telemetry = self._telemetry
         self._control = ControlServer(
             cfg.control.listen.host, cfg.control.listen.port, cfg.control.max_frame_bytes,
             cfg.control.rate_limit_per_s, self.sessions.get, lambda: self._allowed,
@@ -204,6 +212,8 @@ class GatewayDaemon:
         while True:
             await asyncio.sleep(1.0)
             self._control.tick()
+            if isinstance(self._journal, GuardedJournal):
+                self._journal.check()  # a deleted journal raises its alarm without an epoch
             self._telemetry.control_stats(self._control.refused.as_dict(), len(self._control.conns))
 
     async def _pool_watch(self) -> None:

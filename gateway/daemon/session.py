@@ -623,8 +623,10 @@ def _as_failure(exc: BaseException) -> SessionFailure:
         return SessionFailure("timeout", f"no complete handshake within {HANDSHAKE_TIMEOUT_S:g} s")
     if isinstance(exc, TunnelError):
         return SessionFailure("tunnel", str(exc))
-    if isinstance(exc, JournalError):
+    if isinstance(exc, KeyReuseError):
         return SessionFailure("key_reuse", str(exc))
+    if isinstance(exc, JournalError):  # lost, replaced or unwritable: no epoch (fail closed)
+        return SessionFailure("journal", str(exc))
     if isinstance(exc, (OSError, FrameError)):
         return SessionFailure("transport", f"{type(exc).__name__}: {exc}")
     return SessionFailure("internal", f"{type(exc).__name__}: {exc}")
