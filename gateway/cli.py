@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("gateway.daemon.cli", "run the gateway daemon"),
     "status": ("gateway.daemon.status_cli", "show the running daemon's peers"),
     "audit": ("gateway.telemetry.audit_cli", "verify or show the audit trail"),
-    "journal": ("gateway.journal_cli", "show or export the journal; raise an epoch after a restore"),
+    "journal": ("gateway.journal_cli", "show the journal; raise an epoch after a restore"),
 }
 
 

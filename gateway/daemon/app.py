@@ -251,6 +251,8 @@ class GatewayDaemon:
             "reloads": self.reloads,
             "control_refused": self._control.refused.as_dict() if self._control else {},
             "control_connections": len(self._control.conns) if self._control else 0,
+            "control_flood": bool(self._control and self._control.flooded),
+            "journal_lost": getattr(self._journal, "lost", None),
             "peers": peers,
         }
 
