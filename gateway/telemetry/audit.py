@@ -29,6 +29,7 @@ from gateway.telemetry.audit_sign import (
     check_signature,
     write_signature,
 )
+from gateway.telemetry.checkpoint import quarantine
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class AuditLog:
         last: dict[str, Any] | None = None
         first: dict[str, Any] | None = None
         dropped = 0
+        kept_at: Path | None = None
         if self.path.exists() and self.path.stat().st_size > 0:
             data = self.path.read_bytes()
             if not data.endswith(b"\n"):
@@ -128,6 +130,7 @@ class AuditLog:
                 # completed); cut it so the file stays one record per line.
                 keep = data.rfind(b"\n") + 1
                 dropped = len(data) - keep
+                kept_at = quarantine(self.path, data[keep:])  # evidence, never dropped
                 with open(self.path, "r+b") as fh:
                     fh.truncate(keep)
                     os.fsync(fh.fileno())
@@ -153,7 +156,7 @@ class AuditLog:
             self._write(
                 {
                     "type": "audit_recovered",
-                    "detail": f"torn final write of {dropped} bytes removed",
+                    "detail": f"torn final write of {dropped} bytes moved to {kept_at}",
                 }
             )
 
