@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("gateway.doctor_cli", "what this machine lacks for a config (or every feature)"),
     "crypto-inventory": ("gateway.crypto.inventory_cli",
                          "list each suite's algorithms, providers, versions and standing"),
+    "journal": ("gateway.journal_cli", "show the journal; raise an epoch after a restore"),
 }
 
 

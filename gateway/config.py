@@ -34,6 +34,8 @@ from pydantic import (
     field_validator,
 )
 
+from gateway.fsguard import FileSafetyError, check_dir
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AlarmsSettings",
@@ -224,15 +226,32 @@ def _readable_file(value: Path, info: ValidationInfo) -> Path:
 
 
 def _secret_file(value: Path, info: ValidationInfo) -> Path:
-    """A file holding a secret: must exist and be readable by its owner only."""
+    """A file holding a secret: must exist, be readable by its owner only, and be
+    owned by the daemon's user."""
     _readable_file(value, info)
     if _check_files(info):
-        mode = stat.S_IMODE(value.stat().st_mode)
+        st = value.stat()
+        mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise ValueError(
                 f"{value} is mode {mode:04o}, readable by group/others; it holds a secret: "
                 f"run chmod 600 {value}"
             )
+        if st.st_uid != os.geteuid():
+            raise ValueError(
+                f"{value} is owned by uid {st.st_uid}, not by the daemon's user "
+                f"(uid {os.geteuid()}); it holds a secret: run chown {os.geteuid()} {value}"
+            )
+    return value
+
+
+def _private_dir(value: Path, info: ValidationInfo, what: str) -> Path:
+    """A directory of state or secrets: not writable by group/others (when it exists)."""
+    if _check_files(info):
+        try:
+            check_dir(value, what)
+        except FileSafetyError as exc:
+            raise ValueError(str(exc)) from None
     return value
 
 
@@ -240,6 +259,7 @@ def _identity_dir(value: Path, info: ValidationInfo) -> Path:
     if _check_files(info):
         if not value.is_dir():
             raise ValueError(f"directory not found: {value} (make it with `qsgw keygen`)")
+        _private_dir(value, info, "identity_dir")
         for name in IDENTITY_KEY_FILES:
             f = value / name
             if not f.exists():
@@ -367,12 +387,26 @@ class GatewaySettings(_Model):
     def _identity(cls, value: Path, info: ValidationInfo) -> Path:
         return _identity_dir(value, info)
 
+    @field_validator("state_dir")
+    @classmethod
+    def _state(cls, value: Path, info: ValidationInfo) -> Path:
+        return _private_dir(value, info, "state_dir")
+
 
 class ControlSettings(_Model):
     listen: HostPortField = Field(default_factory=lambda: HostPort("0.0.0.0", 7814))  # noqa: S104
     max_frame_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     rate_limit_per_s: float = Field(default=5.0, gt=0)
     timestamp_window_s: float = Field(default=60, gt=0, le=3600)
+    # Admission and load shedding (gateway.daemon.admission / conntable): what an
+    # attacker at a peer's address can hold before it is refused or evicted.
+    max_connections: int = Field(default=128, ge=4, le=65536)
+    max_connections_per_source: int = Field(default=8, ge=1, le=1024)
+    max_connections_per_peer: int = Field(default=2, ge=1, le=64)
+    max_frames_per_connection: int = Field(default=4, ge=2, le=64)
+    first_frame_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    lock_wait_s: float = Field(default=2.0, gt=0, le=30)
+    flood_alarm_refusals: int = Field(default=50, ge=1)  # within 10 s: control_flood
 
 
 class KmeEndpointSettings(_Model):
@@ -623,6 +657,13 @@ class AuditSettings(_Model):
     path: PathField | None = None  # default: <state_dir>/audit.jsonl
     rotate_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
     sign: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _audit_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            _private_dir(value.parent, info, "audit directory")
+        return value
 
 
 class LoggingSettings(_Model):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gateway.crypto.builtin import ED25519, ML_DSA_65
 from gateway.crypto.providers import ProviderError
+from gateway.fsguard import FileSafetyError, read_secret
 
 PREFIX = "qsgw-id-v2:"
 V1_PREFIX = "qsgw-id-v1:"
@@ -172,14 +173,11 @@ class LocalIdentity:
 
 
 def _read_secret(path: Path) -> bytes:
+    # No symlink followed; mode 0600 or stricter and owned by us, checked on the open file.
     try:
-        st = path.stat()
-        if st.st_mode & 0o077:
-            raise IdentityError(
-                f"{path} is accessible by group or others (mode {st.st_mode & 0o777:o}); "
-                "it must be 0600"
-            )
-        return path.read_bytes()
+        return read_secret(path)
+    except FileSafetyError as exc:
+        raise IdentityError(str(exc)) from None
     except OSError as exc:
         raise IdentityError(f"cannot read {path}: {exc.strerror}") from exc
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
+from gateway.fsguard import FileSafetyError, check_secret, open_nofollow, reject_symlink
+
 
 class JournalError(Exception):
     """The journal cannot be opened or written."""
@@ -25,6 +27,14 @@ class KeyReuseError(JournalError):
 
 class StaleEpochError(JournalError):
     """An epoch not above the last recorded one for that peer."""
+
+
+class EpochRangeError(JournalError):
+    """An epoch outside 1..MAX_EPOCH: the wire carries 64 bits, SQLite stores 63."""
+
+
+# SQLite's INTEGER is signed 64-bit; a larger epoch could not be recorded.
+MAX_EPOCH = 2**63 - 1
 
 
 _SCHEMA = """
@@ -47,9 +57,16 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            # Created 0600 here, before SQLite opens it (its journal files copy the mode).
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            # Created 0600 here, before SQLite opens it (its journal files copy the mode);
+            # never through a symlink, and an existing file must be ours and 0600.
+            for side in (self.path.with_name(self.path.name + "-wal"),
+                         self.path.with_name(self.path.name + "-shm")):
+                reject_symlink(side)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                check_secret(self.path, os.fstat(fd))
+            finally:
+                os.close(fd)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # WAL + synchronous=FULL: every commit is fsynced before it returns
             # (durable before use), with one fsync instead of DELETE mode's three.
@@ -57,6 +74,8 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+        except FileSafetyError as exc:
+            raise JournalError(f"journal refused: {exc}") from None
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
 
@@ -85,6 +104,11 @@ class Journal:
                         (key_id, peer_id, epoch, time.time()),
                     )
                 if epoch is not None:
+                    if not 1 <= epoch <= MAX_EPOCH:
+                        raise EpochRangeError(
+                            f"epoch {epoch} for peer {peer_id} is outside 1..{MAX_EPOCH}, "
+                            "what the journal can store"
+                        )
                     last = self._last_epoch(peer_id)
                     if epoch <= last:
                         raise StaleEpochError(
@@ -111,6 +135,16 @@ class Journal:
     def record_epoch(self, peer_id: str, epoch: int) -> None:
         """Record a new epoch; StaleEpochError unless it is above the last one."""
         self.commit(peer_id, epoch, ())
+
+    def epochs(self) -> dict[str, int]:
+        """Every peer's last epoch."""
+        return {str(p): int(e) for p, e in self._db.execute("SELECT peer_id, epoch FROM epochs")}
+
+    def key_ids(self) -> list[dict[str, object]]:
+        """Every consumed key_ID (IDs are not secret), oldest first."""
+        rows = self._db.execute(
+            "SELECT key_id, peer_id, epoch, consumed_at FROM key_ids ORDER BY consumed_at")
+        return [{"key_id": k, "peer": p, "epoch": e, "consumed_at": t} for k, p, e, t in rows]
 
     def _last_epoch(self, peer_id: str) -> int:
         row = self._db.execute("SELECT epoch FROM epochs WHERE peer_id = ?", (peer_id,)).fetchone()

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, PeerConfig, diff_peers, load_config
+from gateway.fsguard import check_dir
 from gateway.identity import LocalIdentity
 from gateway.journal import Journal
+from gateway.journal_guard import GuardedJournal, check_at_start
 from gateway.telemetry import Telemetry
 from gateway.telemetry.setup import build_telemetry
 from kms_client import KmeClient, KmeEndpoint, SaeCredentials
 
+from .admission import InitAdmission
 from .context import DaemonContext
 from .control import ControlServer, resolve_host
 from .drivers import make_driver
@@ -59,6 +62,7 @@ class GatewayDaemon:
         self._telemetry: Telemetry | None = None
         self._ctx: DaemonContext | None = None
         self._allowed: set[str] = set()
+        self._peer_addresses: dict[str, set[str]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._peer_docs: dict[str, dict[str, Any]] = {}
         self.reloads = 0
@@ -80,19 +84,37 @@ class GatewayDaemon:
         cfg = self.config
         state_dir = Path(cfg.gateway.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_dir(state_dir, "state_dir")  # checked again: the config was read earlier
+        check_dir(Path(cfg.gateway.identity_dir), "identity_dir")
         identity = LocalIdentity.load(Path(cfg.gateway.identity_dir))
-        self._journal = Journal(state_dir / "journal.db")
+        journal_path = state_dir / "journal.db"
+        check_at_start(journal_path, identity, f" -c {self.config_path}")
         self._telemetry = build_telemetry(cfg, identity)
+        telemetry = self._telemetry
+
+        def journal_lost(detail: str) -> None:
+            log.critical("%s: new epochs stop; restore it and restart the daemon", detail)
+            telemetry.alarm("journal_lost", cfg.gateway.id, True, detail)
+
+        self._journal = GuardedJournal(journal_path, identity, journal_lost)
         await self._telemetry.start()
         self._client = self._make_client(cfg)
         keys = KeySupply(self._client, self._telemetry,
                          cfg.kme.endpoints[0].kme_id, cfg.kme.dec_keys_deadline_s)
         self._ctx = DaemonContext(cfg, identity, self._journal, keys, self._telemetry)
         self._refresh_allowed()
+        journal = self._journal
+        admission = InitAdmission(
+            cfg.gateway.id, cfg.control.timestamp_window_s,
+            lambda peer: self._peer_addresses.get(peer, set()), journal.last_epoch)
         self._control = ControlServer(
             cfg.control.listen.host, cfg.control.listen.port, cfg.control.max_frame_bytes,
-            cfg.control.rate_limit_per_s, self.sessions.get, lambda: self._allowed)
+            cfg.control.rate_limit_per_s, self.sessions.get, lambda: self._allowed,
+            admission=admission, settings=cfg.control,
+            on_flood=lambda active, detail: telemetry.alarm("control_flood", cfg.gateway.id,
+                                                            active, detail))
         await self._control.start()
+        self._background.append(asyncio.create_task(self._control_watch()))
         for peer in cfg.peers:
             await self._add_peer(peer)
         self._status = StatusServer(Path(cfg.gateway.status_socket), self.status_document)
@@ -107,9 +129,12 @@ class GatewayDaemon:
 
     def _refresh_allowed(self) -> None:
         allowed: set[str] = set()
+        by_peer: dict[str, set[str]] = {}
         for peer in self.config.peers:
-            allowed |= resolve_host(peer.control.host)
+            by_peer[peer.id] = resolve_host(peer.control.host)
+            allowed |= by_peer[peer.id]
         self._allowed = allowed
+        self._peer_addresses = by_peer
 
     async def _add_peer(self, peer: PeerConfig) -> None:
         assert self._ctx is not None
@@ -181,6 +206,16 @@ class GatewayDaemon:
                 self._peer_docs[peer_id] = await session.describe()
             await asyncio.sleep(1.0)
 
+    async def _control_watch(self) -> None:
+        # Refusals reach telemetry as totals and one alarm, never one event each.
+        assert self._control is not None and self._telemetry is not None
+        while True:
+            await asyncio.sleep(1.0)
+            self._control.tick()
+            if isinstance(self._journal, GuardedJournal):
+                self._journal.check()  # a deleted journal raises its alarm without an epoch
+            self._telemetry.control_stats(self._control.refused.as_dict(), len(self._control.conns))
+
     async def _pool_watch(self) -> None:
         assert self._ctx is not None
         while True:
@@ -214,7 +249,10 @@ class GatewayDaemon:
             "gateway": self.config.gateway.id,
             "uptime_s": round(time.time() - self.started_at, 1),
             "reloads": self.reloads,
-            "control_refused": dict(self._control.refused) if self._control else {},
+            "control_refused": self._control.refused.as_dict() if self._control else {},
+            "control_connections": len(self._control.conns) if self._control else 0,
+            "control_flood": bool(self._control and self._control.flooded),
+            "journal_lost": getattr(self._journal, "lost", None),
             "peers": peers,
         }
 

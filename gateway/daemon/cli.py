@@ -10,6 +10,12 @@ import sys
 from pathlib import Path
 
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from gateway.fsguard import FileSafetyError
+from gateway.identity import IdentityError
+from gateway.journal import JournalError
+from gateway.telemetry.audit import AuditError
+
+STARTUP_ERRORS = (FileSafetyError, IdentityError, JournalError, AuditError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
     # httpx logs every request at INFO; the daemon's own KME telemetry says more.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     daemon = GatewayDaemon(args.config, config)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(daemon.run_forever())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(daemon.run_forever())
+    except STARTUP_ERRORS as exc:
+        # Refused to start (unsafe files, a lost journal...): the message says the fix.
+        print(f"qsgw run: {exc}", file=sys.stderr)
+        logging.getLogger("qsgw.daemon").error("refused to start: %s", exc)
+        return 1
     return 0

@@ -34,6 +34,12 @@ class RateLimiter:
             return True
         return False
 
+    def refund(self, source: str) -> None:
+        """Give back the token of a connection that turned out to be wanted."""
+        bucket = self._buckets.get(source)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, bucket.tokens + 1.0)
+
     def _evict(self, now: float) -> None:
         # Forget full buckets first (sources that have been quiet); bounded memory.
         full = [s for s, b in self._buckets.items()

@@ -32,7 +32,7 @@ from gateway.handshake import (
     ResponderHandshake,
     SendMessage,
 )
-from gateway.journal import JournalError, KeyReuseError, StaleEpochError
+from gateway.journal import EpochRangeError, JournalError, KeyReuseError, StaleEpochError
 from gateway.telemetry.logs import bind_peer, peer_logger
 from gateway.tunnels.base import TunnelDriver, TunnelError
 from kms_client import KmeKeyNotFound, KmeUnavailable, KmsError
@@ -387,7 +387,8 @@ class PeerSession:
     # ------------------------------------------------------------------ responder
 
     async def handle_incoming(self, first_frame: bytes, reader: asyncio.StreamReader,
-                              writer: asyncio.StreamWriter) -> None:
+                              writer: asyncio.StreamWriter, control: Any = None) -> None:
+        """An admitted INIT (see daemon.admission). `control` counts a refusal here."""
         bind_peer(self.peer.id)
         channel = _Channel(reader, writer, self.ctx.max_frame_bytes)
         if not self.tunnel_started:
@@ -398,11 +399,21 @@ class PeerSession:
             self.log.warning("refused an INIT: this gateway initiates towards %s", self.peer.id)
             return
         try:
-            async with self._lock:
+            # Bounded: an admitted INIT that finds the peer's handshake still going
+            # is refused, not queued (the initiator retries with a higher epoch).
+            await asyncio.wait_for(self._lock.acquire(), self.ctx.config.control.lock_wait_s)
+        except TimeoutError:
+            if control is not None:
+                control.refusal("lock_timeout", self.peer.id, "a handshake is in progress")
+            return
+        try:
+            try:
                 machine = ResponderHandshake(self._params,
                                              self.ctx.journal.last_epoch(self.peer.id), time.time())
                 actions = machine.on_message(first_frame, time.time())
                 await asyncio.wait_for(self._pump(machine, actions, channel), HANDSHAKE_TIMEOUT_S)
+            finally:
+                self._lock.release()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -426,7 +437,9 @@ class PeerSession:
                 if isinstance(action, SendMessage):
                     await channel.send(action.data)
                 elif isinstance(action, CommitEpoch):
-                    queue.extend(self._commit(machine, action))
+                    aborted = self._commit(machine, action)
+                    if aborted:
+                        queue = aborted  # an abort clears what follows it (INIT, dec_keys)
                 elif isinstance(action, FetchQkdKeys):
                     queue.extend(await self._fetch_new(machine, action))
                 elif isinstance(action, FetchQkdKeysById):
@@ -437,13 +450,11 @@ class PeerSession:
                     if isinstance(machine, ResponderHandshake):
                         queue.extend(machine.on_installed(time.time()))
                 elif isinstance(action, Rejected):
-                    # A refused message is counted and ignored; the handshake goes on
-                    # until its deadline (a forged or replayed frame cannot end it).
-                    self.ctx.telemetry.handshake_failed(self.peer.id, action.reason.value)
-                    self.log.warning("message refused (%s): %s", action.reason.value,
-                                     action.detail)
-                    if action.reason in (FailureReason.BAD_SIGNATURE, FailureReason.WRONG_PEER):
-                        self.ctx.telemetry.identity_refused(self.peer.id, "handshake")
+                    # The first refused frame ends the handshake and its connection:
+                    # a connection cannot be kept busy with forged or replayed frames.
+                    machine.abort(action.reason, time.time())  # wipes its secrets
+                    raise SessionFailure(action.reason.value,
+                                         f"message refused, connection closed: {action.detail}")
                 elif isinstance(action, HandshakeFailed):
                     raise SessionFailure(action.reason.value, action.detail)
             if machine.finished:
@@ -471,6 +482,9 @@ class PeerSession:
             return list(machine.abort(FailureReason.KEY_REUSE, time.time()))
         except StaleEpochError as exc:
             self.log.warning("stale epoch refused: %s", exc)
+            return list(machine.abort(FailureReason.REPLAY, time.time()))
+        except EpochRangeError as exc:
+            self.log.error("epoch refused: %s", exc)
             return list(machine.abort(FailureReason.REPLAY, time.time()))
         return []
 
@@ -609,8 +623,10 @@ def _as_failure(exc: BaseException) -> SessionFailure:
         return SessionFailure("timeout", f"no complete handshake within {HANDSHAKE_TIMEOUT_S:g} s")
     if isinstance(exc, TunnelError):
         return SessionFailure("tunnel", str(exc))
-    if isinstance(exc, JournalError):
+    if isinstance(exc, KeyReuseError):
         return SessionFailure("key_reuse", str(exc))
+    if isinstance(exc, JournalError):  # lost, replaced or unwritable: no epoch (fail closed)
+        return SessionFailure("journal", str(exc))
     if isinstance(exc, (OSError, FrameError)):
         return SessionFailure("transport", f"{type(exc).__name__}: {exc}")
     return SessionFailure("internal", f"{type(exc).__name__}: {exc}")

@@ -11,9 +11,12 @@ import contextlib
 import json
 import os
 import socket
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from gateway.fsguard import FileSafetyError
 
 StatusProvider = Callable[[], dict[str, Any]]
 
@@ -27,6 +30,10 @@ class StatusServer:
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(self.path)
+            if not stat.S_ISSOCK(st.st_mode):  # a symlink or file: never removed or followed
+                raise FileSafetyError(f"status socket {self.path} exists and is not a socket: "
+                                      "remove it, or set gateway.status_socket elsewhere")
             self.path.unlink()
         old_umask = os.umask(0o117)
         try:

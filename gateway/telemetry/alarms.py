@@ -18,6 +18,8 @@ class AlarmName(StrEnum):
     TUNNEL_BLOCKED = "tunnel_blocked"
     HANDSHAKE_FAILURES = "handshake_failures"
     IDENTITY_REFUSED = "identity_refused"
+    CONTROL_FLOOD = "control_flood"
+    JOURNAL_LOST = "journal_lost"
 
 
 SEVERITY: dict[AlarmName, str] = {
@@ -27,6 +29,8 @@ SEVERITY: dict[AlarmName, str] = {
     AlarmName.TUNNEL_BLOCKED: "critical",
     AlarmName.HANDSHAKE_FAILURES: "major",
     AlarmName.IDENTITY_REFUSED: "major",
+    AlarmName.CONTROL_FLOOD: "major",
+    AlarmName.JOURNAL_LOST: "critical",
 }
 
 

@@ -22,12 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.fsguard import open_nofollow, reject_symlink
 from gateway.telemetry.audit_sign import (
     AuditSigner,
     AuditVerifier,
     check_signature,
     write_signature,
 )
+from gateway.telemetry.checkpoint import quarantine
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +118,11 @@ class AuditLog:
     def _resume(self) -> None:
         """Pick up the chain where a previous run left it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        reject_symlink(self.path)  # FileSafetyError names the file and the fix
         last: dict[str, Any] | None = None
         first: dict[str, Any] | None = None
         dropped = 0
+        kept_at: Path | None = None
         if self.path.exists() and self.path.stat().st_size > 0:
             data = self.path.read_bytes()
             if not data.endswith(b"\n"):
@@ -126,6 +130,7 @@ class AuditLog:
                 # completed); cut it so the file stays one record per line.
                 keep = data.rfind(b"\n") + 1
                 dropped = len(data) - keep
+                kept_at = quarantine(self.path, data[keep:])  # evidence, never dropped
                 with open(self.path, "r+b") as fh:
                     fh.truncate(keep)
                     os.fsync(fh.fileno())
@@ -151,7 +156,7 @@ class AuditLog:
             self._write(
                 {
                     "type": "audit_recovered",
-                    "detail": f"torn final write of {dropped} bytes removed",
+                    "detail": f"torn final write of {dropped} bytes moved to {kept_at}",
                 }
             )
 
@@ -170,7 +175,7 @@ class AuditLog:
         return rec
 
     def _open(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = open_nofollow(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = os.fstat(self._fd).st_size
 
     # -- writing ---------------------------------------------------------

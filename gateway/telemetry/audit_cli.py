@@ -20,6 +20,7 @@ from gateway.telemetry.audit_sign import (
     HybridVerifier,
     load_verifier,
 )
+from gateway.telemetry.checkpoint import check_checkpoint, quarantined
 from gateway.telemetry.key_origin import describe_origin
 
 
@@ -33,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="the gateway's public identity, to check rotated files' .sig: a qsgw-id-v2: "
         "string, a file holding one, or a `qsgw keygen` directory",
+    )
+    v.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="a signed checkpoint (from beside the trail, the broker or the SIEM): the trail "
+        "must reach it unchanged (needs --identity)",
     )
     v.add_argument(
         "--partial",
@@ -72,8 +80,25 @@ def _verify(args: argparse.Namespace) -> int:
     except (AuditError, AuditSignatureError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    problems: list[str] = []
+    if args.checkpoint is not None:
+        try:
+            doc = json.loads(args.checkpoint.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"error: checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
+            return 2
+        problems = check_checkpoint(doc, iter_records(args.files), verifier)
     for b in result.breaks:
         print(b)
+    for problem in problems:
+        print(problem)
+    for cut in quarantined(args.files):
+        print(f"NOTE: quarantined cut line (a crash mid-write): {cut} "
+              f"({cut.stat().st_size} bytes)")
+    if problems:
+        print(f"FAILED: {len(problems)} checkpoint problem(s), {len(result.breaks)} chain "
+              f"problem(s) in {result.records} records")
+        return 1
     signed = f", {result.signed_files} signed files verified" if verifier is not None else ""
     if result.ok:
         print(f"OK: {result.records} records in {result.files} files, chain intact{signed}")

@@ -18,6 +18,7 @@ from typing import Any, ParamSpec
 
 from gateway.telemetry.alarms import AlarmBook, AlarmName, AlarmSettings, AlarmTransition
 from gateway.telemetry.audit import AuditLog
+from gateway.telemetry.checkpoint import make_checkpoint, write_checkpoint
 from gateway.telemetry.key_origin import key_origins
 from gateway.telemetry.metrics import Metrics, sources_label
 from gateway.telemetry.mqtt import MqttPublisher
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 
+CHECKPOINT_INTERVAL_S = 60.0
 _MAX_TEXT = 500  # free-text fields (reasons, details) are capped in every sink
 
 
@@ -56,6 +58,7 @@ class Telemetry:
         metrics: Metrics | None = None,
         mqtt: MqttPublisher | None = None,
         alarm_settings: AlarmSettings | None = None,
+        checkpoint_signer: Any = None,
     ) -> None:
         self.gateway_id = gateway_id
         self.audit = audit
@@ -66,6 +69,9 @@ class Telemetry:
         self.internal_errors = 0
         self._hs_failures: dict[str, int] = {}
         self._peers: dict[str, str] = {}  # peer -> policy state
+        self._control_refused: dict[str, int] = {}  # last totals seen, per fixed reason
+        self._checkpoint_signer = checkpoint_signer  # the gateway identity (HybridSigner)
+        self._checkpoint_at = 0.0
         self._started_at = time.time()
         self._housekeeping: asyncio.Task[None] | None = None
         if mqtt is not None and metrics is not None and mqtt._on_drop is None:
@@ -88,6 +94,9 @@ class Telemetry:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
             self._housekeeping = None
+        if self.audit is not None:
+            await asyncio.to_thread(self.audit.flush)
+            self.audit_checkpoint()  # the last word of this run, signed
         if self.mqtt is not None:
             await self.mqtt.stop()
         if self.audit is not None:
@@ -99,6 +108,23 @@ class Telemetry:
         while True:
             await asyncio.sleep(min(5.0, self.alarm_settings.identity_refused_hold_s / 4))
             self.expire_alarms()
+            if time.monotonic() - self._checkpoint_at >= CHECKPOINT_INTERVAL_S:
+                self.audit_checkpoint()
+
+    @_guarded
+    def audit_checkpoint(self) -> None:
+        """Sign the audit chain's length and head; write it beside the trail, publish it."""
+        if self.audit is None or self._checkpoint_signer is None:
+            return
+        self._checkpoint_at = time.monotonic()
+        with self.audit._lock:  # the writer thread's view: what is on disk
+            records, head = self.audit.next_seq, self.audit.last_hash
+        doc = make_checkpoint(self.gateway_id, records, head, self._checkpoint_signer)
+        write_checkpoint(self.audit.path, doc)
+        if self.metrics is not None:
+            self.metrics.audit_checkpoint_seq.set(records)
+        if self.mqtt is not None:
+            self.mqtt.set_retained(self.mqtt.topic("audit", "checkpoint"), doc)
 
     @_guarded
     def expire_alarms(self, now: float | None = None) -> None:
@@ -341,6 +367,19 @@ class Telemetry:
         self._set_alarm(
             AlarmName.IDENTITY_REFUSED, subject, True, f"identity refused from {source}"
         )
+
+    @_guarded
+    def control_stats(self, refused: Mapping[str, int], open_connections: int) -> None:
+        """Refusal totals (fixed reasons) and open connections: metrics only, never one
+        event per refusal (a flood shows as the control_flood alarm)."""
+        if self.metrics is None:
+            return
+        for reason, total in refused.items():
+            delta = total - self._control_refused.get(reason, 0)
+            if delta > 0:
+                self.metrics.control_refused.labels(reason).inc(delta)
+            self._control_refused[reason] = total
+        self.metrics.control_connections.set(open_connections)
 
     @_guarded
     def kme_reachable(self, kme_id: str, ok: bool) -> None:

@@ -116,6 +116,20 @@ class Metrics:
             "qsgw_alarm_active", "1 while the alarm is raised", ["alarm", "subject"], registry=r
         )
         self.alarms_active = Gauge("qsgw_alarms_active", "Number of active alarms", registry=r)
+        self.control_refused = Counter(
+            "qsgw_control_refused",
+            "Control connections refused, by fixed reason",
+            ["reason"],
+            registry=r,
+        )
+        self.control_connections = Gauge(
+            "qsgw_control_connections", "Open control connections", registry=r
+        )
+        self.audit_checkpoint_seq = Gauge(
+            "qsgw_audit_checkpoint_records",
+            "Records covered by the newest signed audit checkpoint",
+            registry=r,
+        )
         self._installed_at: dict[str, float] = {}
         self._lock = threading.Lock()
         self._server: WSGIServer | None = None

@@ -56,4 +56,7 @@ def build_telemetry(config: Any, identity: Any | None = None) -> Telemetry:
         pool_low_threshold=config.kme.pool_low_threshold,
         handshake_failure_threshold=tel.alarms.handshake_failures,
     )
-    return Telemetry(gw_id, audit=audit, metrics=metrics, mqtt=mqtt, alarm_settings=alarms)
+    # Checkpoints are signed whenever the identity is at hand (the daemon always has it).
+    checkpoint_signer = HybridSigner.from_identity(identity) if identity is not None else None
+    return Telemetry(gw_id, audit=audit, metrics=metrics, mqtt=mqtt, alarm_settings=alarms,
+                     checkpoint_signer=checkpoint_signer)
