@@ -19,7 +19,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kms_client import KmeClient, KmeEndpoint, RetryPolicy, SaeCredentials, TlsOptions
+from kms_client import (
+    Dialect,
+    KmeClient,
+    KmeEndpoint,
+    RetryPolicy,
+    SaeCredentials,
+    TlsOptions,
+)
 
 # Fast retries so that failure paths finish in milliseconds.
 FAST_RETRY = RetryPolicy(
@@ -150,7 +157,7 @@ def make_client(
     timeout: float = 2.0,
     retry: RetryPolicy = FAST_RETRY,
     tls: TlsOptions | None = None,
-    dialect: str = "etsi",
+    dialect: str | Dialect = "etsi",
 ) -> KmeClient:
     pair: Pair = pki[sae]
     opts = tls or TlsOptions()
