@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from kms_client._tls import KmePinError
+from kms_client._tls import KmePinError, cert_fingerprints
 
 Kind = Literal[
     "pin", "hostname", "unknown-ca", "expired", "server-cert", "client-cert", "cipher",
@@ -134,20 +134,42 @@ def _offered(ctx: ssl.SSLContext) -> list[str]:
     return [c["name"] for c in ctx.get_ciphers()]
 
 
-def _probe_handshake(host: str, port: int, where: Where) -> tuple[str, str] | None:
+def _diagnostic_handshake(host: str, port: int, cert_file: Path, key_file: Path,
+                          timeout: float) -> tuple[str, str, bytes | None] | None:
+    """(cipher, version, the KME's certificate) from a handshake that accepts anything."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # diagnosis only: nothing is sent over it
     ctx.set_ciphers("ALL:@SECLEVEL=0")
-    ctx.load_cert_chain(str(where.cert_file), str(where.key_file))
+    ctx.load_cert_chain(str(cert_file), str(key_file))
     try:
-        with socket.create_connection((host, port), timeout=where.timeout) as raw, \
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
                 ctx.wrap_socket(raw, server_hostname=host) as tls:
             cipher = tls.cipher()
             version = tls.version() or "?"
+            der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError):
         return None
-    return (cipher[0], version) if cipher else None
+    return (cipher[0], version, der) if cipher else None
+
+
+def _probe_handshake(host: str, port: int, where: Where) -> tuple[str, str] | None:
+    found = _diagnostic_handshake(host, port, where.cert_file, where.key_file, where.timeout)
+    return None if found is None else (found[0], found[1])
+
+
+async def fetch_fingerprints(url: str, cert_file: Path, key_file: Path, timeout: float
+                             ) -> tuple[str, str] | None:
+    """(certificate SHA-256, SPKI SHA-256) of the certificate the KME at ``url`` serves,
+    unverified: for an operator to compare with the KME's own and then pin."""
+    parts = urlsplit(url)
+    if parts.hostname is None:
+        return None
+    found = await asyncio.to_thread(_diagnostic_handshake, parts.hostname, parts.port or 443,
+                                    cert_file, key_file, timeout)
+    if found is None or found[2] is None:
+        return None
+    return cert_fingerprints(found[2])
 
 
 async def diagnose_ciphers(where: Where) -> TlsFailure | None:
