@@ -15,7 +15,7 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "kme-sim": ("kms_client.sim.cli", "run the ETSI GS QKD 014 KME simulator"),
-    "kms": ("kms_client.admin_cli", "query a KME as an SAE (status, fetch)"),
+    "kms": ("kms_client.admin_cli", "query a KME as an SAE (status, fetch, probe)"),
     "keygen": ("gateway.identity_cli", "make a gateway identity (Ed25519 + ML-DSA-65)"),
     "check": ("gateway.config_cli", "validate a gateway config without running"),
     "run": ("gateway.daemon.cli", "run the gateway daemon"),

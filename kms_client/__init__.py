@@ -5,6 +5,7 @@ The KME simulator lives in ``kms_client.sim`` and is imported separately.
 
 from kms_client._buffer import KeyBuffer
 from kms_client._client import KmeClient, KmeEndpoint, Method, RetryPolicy, SaeCredentials
+from kms_client._dialects import DIALECTS, Dialect, Rule, get_dialect
 from kms_client._errors import (
     KeyBufferClosed,
     KmeBadRequest,
@@ -12,6 +13,7 @@ from kms_client._errors import (
     KmeInvalidArgument,
     KmeKeyNotFound,
     KmeProtocolError,
+    KmeTlsError,
     KmeUnauthorized,
     KmeUnavailable,
     KmsError,
@@ -26,8 +28,11 @@ from kms_client._models import (
     Status,
     key_bytes_for_bits,
 )
+from kms_client._tls import TlsOptions
 
 __all__ = [
+    "DIALECTS",
+    "Dialect",
     "ErrorBody",
     "Key",
     "KeyBuffer",
@@ -43,12 +48,16 @@ __all__ = [
     "KmeInvalidArgument",
     "KmeKeyNotFound",
     "KmeProtocolError",
+    "KmeTlsError",
     "KmeUnauthorized",
     "KmeUnavailable",
     "KmsError",
     "Method",
     "RetryPolicy",
+    "Rule",
     "SaeCredentials",
     "Status",
+    "TlsOptions",
+    "get_dialect",
     "key_bytes_for_bits",
 ]

@@ -3,9 +3,11 @@
 One pooled ``httpx.AsyncClient`` per KME endpoint (connections are reused);
 every call is bounded by ``timeout``; 503, other 5xx, timeouts and connection
 errors are retried with exponential backoff and full jitter, then the next
-endpoint is tried; 400/401 are never retried. The KME ID is checked against
-the subject CN of the certificate the KME presented, on every answer, before
-its body is parsed.
+endpoint is tried; 400/401 are never retried. What an error answer means is
+read through the KME's dialect (``kms_client._dialects``; strict ETSI by default).
+The KME's identity (CA chain, KME ID as the subject CN, and any pin in the
+endpoint's ``TlsOptions``) is checked inside the TLS handshake, before any request
+is sent; a TLS failure a retry cannot fix is not retried.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -22,12 +24,14 @@ from urllib.parse import quote
 
 import httpx
 
+from kms_client._dialects import Call, Dialect, get_dialect
 from kms_client._errors import (
     KmeBadRequest,
     KmeIdentityMismatch,
     KmeInvalidArgument,
     KmeKeyNotFound,
     KmeProtocolError,
+    KmeTlsError,
     KmeUnauthorized,
     KmeUnavailable,
     KmsError,
@@ -42,28 +46,26 @@ from kms_client._models import (
     dump_json,
     is_uuid,
 )
-from kms_client._tls import (
-    classify_tls_failure,
-    client_ssl_context,
-    describe_tls_failure,
-    peer_common_name,
-)
+from kms_client._tls import TlsOptions, client_ssl_context, peer_common_name
+from kms_client._tls_triage import SERVER_CERT_KINDS, Where, describe, triage
 
 log = logging.getLogger("kms_client")
 
 Method = Literal["GET", "POST"]
 
-_NOT_FOUND_STATUS = (404, 409)
 _MAX_MESSAGE = 200
 
 
 @dataclass(frozen=True, slots=True)
 class KmeEndpoint:
-    """One address of a KME: its base URL, the KME ID its certificate must carry, its CA."""
+    """One address of a KME: its base URL, the KME ID its certificate must carry, its CA,
+    how its certificate is verified, and (when not the client's) its dialect."""
 
     url: str
     kme_id: str
     ca_file: Path
+    tls: TlsOptions = field(default_factory=TlsOptions)
+    dialect: Dialect | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,25 +129,34 @@ class KmeClient:
         *,
         rng: random.Random | None = None,
         key_ids_name_master: bool = False,
+        dialect: Dialect | str = "etsi",
     ) -> None:
         """``key_ids_name_master``: put ``master_SAE_ID`` in every key_IDs entry of a
-        dec_keys request, for KMEs that need it (not in ETSI GS QKD 014)."""
+        dec_keys request, for KMEs that need it (not in ETSI GS QKD 014; also set by
+        a dialect that needs it). ``dialect``: how error answers are read, for every
+        endpoint that names none of its own."""
         if not endpoints:
             raise KmeInvalidArgument("at least one KME endpoint is needed")
         if timeout <= 0:
             raise KmeInvalidArgument("timeout must be positive")
         self._endpoints = tuple(endpoints)
-        self._key_ids_name_master = key_ids_name_master
+        self._dialect = get_dialect(dialect) if isinstance(dialect, str) else dialect
+        self._key_ids_name_master = key_ids_name_master or self._dialect.key_ids_name_master
+        self._timeout = timeout
         self._credentials = credentials
         self._retry = retry or RetryPolicy()
         self._rng = rng or random.SystemRandom()
         self._preferred = 0  # sticky: the endpoint that answered last goes first
         self._closed = False
         self._clients: list[httpx.AsyncClient] = []
+        self._where: list[Where] = []
         for ep in self._endpoints:
             if not ep.url.startswith("https://"):
                 raise KmeInvalidArgument(f"KME endpoint {ep.url!r} is not an https:// URL")
-            ctx = client_ssl_context(ep.ca_file, credentials.cert_file, credentials.key_file)
+            ctx = client_ssl_context(ep.ca_file, credentials.cert_file, credentials.key_file,
+                                     kme_id=ep.kme_id, options=ep.tls)
+            self._where.append(Where(ep.url, ep.kme_id, ep.ca_file, credentials.cert_file,
+                                     credentials.key_file, ctx, timeout))
             self._clients.append(
                 httpx.AsyncClient(
                     base_url=ep.url,
@@ -188,7 +199,7 @@ class KmeClient:
     async def status(self, slave_sae_id: str) -> Status:
         """``GET /api/v1/keys/{slave_SAE_ID}/status``."""
         _check_sae_id(slave_sae_id, "slave_sae_id")
-        body = await self._call("GET", _path(slave_sae_id, "status"))
+        body = await self._call("GET", _path(slave_sae_id, "status"), call="status")
         return Status.parse(body)
 
     async def enc_keys(
@@ -222,7 +233,7 @@ class KmeClient:
             params = {"number": str(number)}
             if size is not None:
                 params["size"] = str(size)
-            body = await self._call("GET", path, params=params)
+            body = await self._call("GET", path, params=params, call="enc_keys")
         elif method == "POST":
             request = KeyRequest(
                 number=number,
@@ -231,7 +242,9 @@ class KmeClient:
                 extension_mandatory=_opt_tuple(extension_mandatory),
                 extension_optional=_opt_tuple(extension_optional),
             )
-            body = await self._call("POST", path, content=dump_json(request.to_json()))
+            body = await self._call(
+                "POST", path, content=dump_json(request.to_json()), call="enc_keys"
+            )
         else:
             raise KmeInvalidArgument(f"method must be GET or POST, not {method!r}")
         return KeyContainer.parse(body, expected_number=number, expected_size_bits=size)
@@ -245,9 +258,10 @@ class KmeClient:
     ) -> KeyContainer:
         """Fetch the keys ``key_ids`` that ``master_sae_id`` obtained through enc_keys.
 
-        A key_ID that has not reached this KME yet (400 "not found", or 404/409
-        from deviant KMEs) is asked for again until ``deadline_s`` seconds have
-        passed, then ``KmeKeyNotFound``; with no deadline it is asked for once.
+        A key_ID that has not reached this KME yet (400 "not found", or what the
+        KME's dialect reads as not found / not yet) is asked for again until
+        ``deadline_s`` seconds have passed, then ``KmeKeyNotFound``; with no
+        deadline it is asked for once.
         The keys come back in the order of ``key_ids``.
         """
         _check_sae_id(master_sae_id, "master_sae_id")
@@ -281,10 +295,12 @@ class KmeClient:
         poll = self._retry.poll_interval_s
         while True:
             try:
-                body = await self._call(method, path, params=params, content=content)
+                body = await self._call(
+                    method, path, params=params, content=content, call="dec_keys"
+                )
                 break
             except KmeBadRequest as exc:
-                if not _is_not_found(exc):
+                if not exc.not_found:
                     raise
                 remaining = None if end is None else end - loop.time()
                 if remaining is None or remaining <= 0:
@@ -316,20 +332,20 @@ class KmeClient:
         *,
         params: dict[str, str] | None = None,
         content: bytes | None = None,
+        call: Call = "status",
     ) -> bytes:
         """One API call with retries and failover; the body of a 200 answer, else a typed error."""
         if self._closed:
             raise KmsError("KmeClient is closed")
         failures: list[str] = []
-        identity_error: KmeIdentityMismatch | None = None
+        tls_error: KmeTlsError | None = None
         n = len(self._endpoints)
         for offset in range(n):
             index = (self._preferred + offset) % n
             endpoint = self._endpoints[index]
-            client = self._clients[index]
             for attempt in range(self._retry.attempts):
                 try:
-                    body = await self._attempt(client, endpoint, method, path, params, content)
+                    body = await self._attempt(index, method, path, params, content, call)
                 except _Retryable as exc:
                     failures.append(f"{endpoint.url}: {exc.summary}")
                     if attempt + 1 < self._retry.attempts:
@@ -342,11 +358,11 @@ class KmeClient:
                         )
                         await asyncio.sleep(delay)
                     continue
-                except KmeIdentityMismatch as exc:
+                except KmeTlsError as exc:
                     log.error("KME %s: %s", endpoint.url, exc)
                     failures.append(f"{endpoint.url}: {exc}")
-                    identity_error = identity_error or exc
-                    break  # this endpoint is not who it should be; try the next one
+                    tls_error = tls_error or exc
+                    break  # no retry can fix this endpoint's TLS; try the next one
                 else:
                     if index != self._preferred:
                         log.warning("KME failover: now using %s", endpoint.url)
@@ -354,21 +370,22 @@ class KmeClient:
                     return body
             if offset + 1 < n:
                 log.warning("KME %s unusable, failing over", endpoint.url)
-        if identity_error is not None:
-            raise identity_error
+        if tls_error is not None:
+            raise tls_error
         raise KmeUnavailable(
             f"no KME could serve {method} {path}: " + "; ".join(failures[-2 * n :])
         )
 
     async def _attempt(
         self,
-        client: httpx.AsyncClient,
-        endpoint: KmeEndpoint,
+        index: int,
         method: Method,
         path: str,
         params: dict[str, str] | None,
         content: bytes | None,
+        call: Call,
     ) -> bytes:
+        client, endpoint = self._clients[index], self._endpoints[index]
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
             response = await client.request(
@@ -377,31 +394,31 @@ class KmeClient:
         except httpx.TimeoutException:
             raise _Retryable("timeout") from None
         except httpx.TransportError as exc:
-            tls = classify_tls_failure(exc)
-            if tls == "server-cert":
-                raise KmeIdentityMismatch(
-                    f"KME certificate did not verify against the CA for {endpoint.kme_id}: "
-                    f"{describe_tls_failure(exc)}"
-                ) from None
-            if tls == "client-cert":
-                raise KmeUnauthorized(
-                    f"KME {endpoint.url} refused the SAE certificate of "
-                    f"{self._credentials.sae_id} in the TLS handshake: {describe_tls_failure(exc)}"
-                ) from None
-            raise _Retryable(f"{type(exc).__name__}: {describe_tls_failure(exc)}") from None
+            failure = await triage(exc, self._where[index])
+            if failure is None:
+                raise _Retryable(f"{type(exc).__name__}: {describe(exc)}") from None
+            if failure.kind == "client-cert":
+                raise KmeUnauthorized(failure.message) from None
+            if failure.kind in SERVER_CERT_KINDS:
+                raise KmeIdentityMismatch(failure.message, failure.kind) from None
+            raise KmeTlsError(failure.message, failure.kind) from None
         self._check_identity(response, endpoint)
         code = response.status_code
         if code == 200:
             return response.content
         message = _error_message(response)
-        if code == 401:
+        dialect = endpoint.dialect or self._dialect
+        outcome = dialect.outcome(code, message, call)
+        if outcome == "unauthorized":
             raise KmeUnauthorized(
-                f"KME {endpoint.kme_id} refused SAE {self._credentials.sae_id} (HTTP 401)"
+                f"KME {endpoint.kme_id} refused SAE {self._credentials.sae_id} (HTTP {code})"
                 + (f": {message}" if message else "")
             )
-        if code in (400, 404, 409, 422):
+        if outcome == "bad-request":
             raise KmeBadRequest(message or "(no message)", code)
-        if code == 503 or 500 <= code < 600:
+        if outcome in ("not-found", "not-yet"):
+            raise KmeBadRequest(message or "(no message)", code, not_found=True)
+        if outcome == "unavailable":
             raise _Retryable(
                 f"HTTP {code}" + (f": {message}" if message else ""),
                 _retry_after(response),
@@ -463,8 +480,3 @@ def _retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         return None
 
-
-def _is_not_found(exc: KmeBadRequest) -> bool:
-    if exc.status_code in _NOT_FOUND_STATUS:
-        return True
-    return exc.status_code == 400 and "not found" in exc.kme_message.lower()

@@ -30,11 +30,16 @@ class KmeProtocolError(KmsError):
 
 
 class KmeBadRequest(KmsError):
-    """The KME refused the request as invalid (HTTP 400/422, or 404 for an unknown path)."""
+    """The KME refused the request as invalid (HTTP 400/422, or 404 for an unknown path).
 
-    def __init__(self, message: str, status_code: int = 400) -> None:
+    ``not_found``: the KME's dialect reads this answer as "key_ID not (yet) there", which
+    dec_keys polls for until its deadline.
+    """
+
+    def __init__(self, message: str, status_code: int = 400, *, not_found: bool = False) -> None:
         self.status_code = status_code
         self.kme_message = message
+        self.not_found = not_found
         super().__init__(f"KME refused the request (HTTP {status_code}): {message}")
 
 
@@ -54,8 +59,20 @@ class KmeUnavailable(KmsError):
     """No configured KME endpoint could serve the call, after retries and failover."""
 
 
-class KmeIdentityMismatch(KmsError):
-    """The KME's TLS certificate did not prove the expected KME ID."""
+class KmeTlsError(KmsError):
+    """TLS with the KME failed in a way no retry can fix (cipher, version, certificate).
+
+    ``kind`` names the failure (see ``kms_client._tls_triage.Kind``); the message says
+    what the operator can do about it.
+    """
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+class KmeIdentityMismatch(KmeTlsError):
+    """The KME's TLS certificate did not prove the expected KME ID (or pin)."""
 
 
 class KeyBufferClosed(KmsError):

@@ -1,20 +1,147 @@
-"""Mutual TLS for the SAE side: the SSL context, the KME ID check, TLS failure triage."""
+"""Mutual TLS for the SAE side: per-endpoint TLS options, the SSL context, the KME pin.
+
+The KME's identity is checked inside the TLS handshake (``_PinnedSSLObject``), so a
+KME that is not the one configured never receives a request: always the CA chain and
+the KME ID as the certificate's subject CN, plus one of
+
+- ``hostname`` (default): the certificate's subjectAltName matches the URL's host;
+- ``kme-id``: no hostname match (certificates whose only identity is the CN);
+- ``cert-sha256`` / ``spki-sha256``: the SHA-256 of the certificate (DER) or of its
+  SubjectPublicKeyInfo equals the configured pin (no hostname match).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from kms_client._errors import KmeInvalidArgument
 
+Verify = Literal["hostname", "kme-id", "cert-sha256", "spki-sha256"]
+VERIFY_MODES: tuple[str, ...] = ("hostname", "kme-id", "cert-sha256", "spki-sha256")
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
-def client_ssl_context(ca_file: Path, cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    """A context that verifies the KME against ``ca_file`` (and its SANs) and presents our cert."""
+
+def normalise_sha256(value: str) -> str:
+    """A SHA-256 pin as 64 lower-case hex digits; colons and spaces are allowed in input."""
+    text = value.replace(":", "").replace(" ", "").lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise KmeInvalidArgument("a SHA-256 pin must be 64 hex digits (colons allowed)")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """How one KME endpoint's certificate is verified, and what TLS we offer it."""
+
+    verify: Verify = "hostname"
+    cert_sha256: str | None = None
+    spki_sha256: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are always the library's).
+    ciphers: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.verify not in VERIFY_MODES:
+            raise KmeInvalidArgument(f"tls verify must be one of {', '.join(VERIFY_MODES)}")
+        if self.min_version not in _VERSIONS:
+            raise KmeInvalidArgument("tls min_version must be 1.2 or 1.3")
+        for name in ("cert_sha256", "spki_sha256"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, normalise_sha256(value))
+        wanted = {"cert-sha256": "cert_sha256", "spki-sha256": "spki_sha256"}.get(self.verify)
+        for name in ("cert_sha256", "spki_sha256"):
+            given = getattr(self, name) is not None
+            if name == wanted and not given:
+                raise KmeInvalidArgument(f"tls verify: {self.verify} needs tls {name}")
+            if name != wanted and given:
+                raise KmeInvalidArgument(
+                    f"tls {name} is only used with verify: {name.replace('_', '-')}"
+                )
+
+
+class KmePinError(ssl.SSLCertVerificationError):
+    """The KME's certificate verified but is not the pinned KME (raised in the handshake)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1, message)
+        self.verify_message = message
+        self.verify_code = 0
+
+
+def cert_fingerprints(der: bytes) -> tuple[str, str]:
+    """(SHA-256 of the certificate, SHA-256 of its SubjectPublicKeyInfo), as hex."""
+    cert = x509.load_der_x509_certificate(der)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest(), hashlib.sha256(spki).hexdigest()
+
+
+def pin_problem(kme_id: str, options: TlsOptions, peercert: dict[str, Any] | None,
+                der: bytes | None) -> str | None:
+    """Why this verified certificate is not the configured KME, or None when it is."""
+    cn = subject_common_name(peercert)
+    if cn != kme_id:
+        return f"the KME certificate's CN is {cn!r}, expected the KME ID {kme_id!r}"
+    if options.verify in ("cert-sha256", "spki-sha256"):
+        if der is None:
+            return "the KME presented no certificate"
+        cert_hash, spki_hash = cert_fingerprints(der)
+        if options.verify == "cert-sha256" and cert_hash != options.cert_sha256:
+            return (f"the KME certificate's SHA-256 is {cert_hash}, "
+                    f"not the pinned kme.tls.cert_sha256 {options.cert_sha256}")
+        if options.verify == "spki-sha256" and spki_hash != options.spki_sha256:
+            return (f"the KME certificate's SPKI SHA-256 is {spki_hash}, "
+                    f"not the pinned kme.tls.spki_sha256 {options.spki_sha256}")
+    return None
+
+
+class _PinnedSSLObject(ssl.SSLObject):
+    """Checks the pin as soon as the handshake is done, before any request is written."""
+
+    _kme_id = ""
+    _options = TlsOptions()
+
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        problem = pin_problem(self._kme_id, self._options, self.getpeercert(),
+                              self.getpeercert(binary_form=True))
+        if problem is not None:
+            raise KmePinError(problem)
+
+
+def client_ssl_context(
+    ca_file: Path,
+    cert_file: Path,
+    key_file: Path,
+    *,
+    kme_id: str | None = None,
+    options: TlsOptions | None = None,
+) -> ssl.SSLContext:
+    """A context that verifies the KME against ``ca_file`` and presents our certificate.
+
+    With ``kme_id``, the KME ID (and any pin in ``options``) is checked in the handshake.
+    """
+    opts = options or TlsOptions()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = True
+    ctx.minimum_version = _VERSIONS[opts.min_version]
+    ctx.check_hostname = opts.verify == "hostname"
     ctx.verify_mode = ssl.CERT_REQUIRED
+    if opts.ciphers is not None:
+        try:
+            ctx.set_ciphers(opts.ciphers)
+        except ssl.SSLError:
+            raise KmeInvalidArgument(
+                f"tls ciphers {opts.ciphers!r} names no cipher OpenSSL knows"
+            ) from None
     try:
         ctx.load_verify_locations(cafile=str(ca_file))
     except (OSError, ssl.SSLError) as exc:
@@ -26,6 +153,10 @@ def client_ssl_context(ca_file: Path, cert_file: Path, key_file: Path) -> ssl.SS
         raise KmeInvalidArgument(
             f"cannot load SAE certificate {cert_file} / key {key_file}: {_reason(exc)}"
         ) from None
+    if kme_id is not None:
+        ctx.sslobject_class = type(
+            "_PinnedSSLObjectFor", (_PinnedSSLObject,), {"_kme_id": kme_id, "_options": opts}
+        )
     return ctx
 
 
@@ -52,55 +183,3 @@ def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | 
     if ssl_object is None:
         return None
     return subject_common_name(ssl_object.getpeercert())
-
-
-# OpenSSL reasons meaning "the KME's TLS stack refused our client certificate".
-_CLIENT_CERT_REJECTED = (
-    "CERTIFICATE_REQUIRED",
-    "BAD_CERTIFICATE",
-    "UNKNOWN_CA",
-    "CERTIFICATE_UNKNOWN",
-    "HANDSHAKE_FAILURE",
-    "ACCESS_DENIED",
-)
-
-
-def classify_tls_failure(exc: BaseException) -> str | None:
-    """Walk an exception chain: ``"server-cert"`` when the KME's certificate did not verify,
-    ``"client-cert"`` when the KME refused ours, ``None`` when TLS is not to blame."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, ssl.SSLCertVerificationError):
-            return "server-cert"
-        if isinstance(cur, ssl.SSLError):
-            reason = (cur.reason or "").upper()
-            if any(r in reason for r in _CLIENT_CERT_REJECTED):
-                return "client-cert"
-        cur = cur.__cause__ or cur.__context__
-    return None
-
-
-RESET_HINT = (
-    "connection reset by the KME (with TLS 1.3 this is how a KME refusing "
-    "the SAE certificate shows)"
-)
-
-
-def describe_tls_failure(exc: BaseException) -> str:
-    """A short cause for a transport error: the TLS reason, or the OS error."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, ssl.SSLCertVerificationError):
-            return cur.verify_message or "certificate verify failed"
-        if isinstance(cur, ssl.SSLError):
-            return str(cur.reason or "TLS error")
-        if isinstance(cur, ConnectionResetError):
-            return RESET_HINT
-        if isinstance(cur, OSError) and cur.strerror:
-            return cur.strerror
-        cur = cur.__cause__ or cur.__context__
-    return type(exc).__name__

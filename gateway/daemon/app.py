@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, GatewayConfig, PeerConfig, diff_peers, load_config
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    PeerConfig,
+    diff_peers,
+    kme_dialect,
+    load_config,
+)
 from gateway.fsguard import check_dir
 from gateway.identity import LocalIdentity
 from gateway.journal import Journal
@@ -72,13 +79,17 @@ class GatewayDaemon:
     def _make_client(self, config: GatewayConfig) -> KmeClient:
         kme = config.kme
         endpoints = [
-            KmeEndpoint(url=e.url, kme_id=e.kme_id, ca_file=Path(e.ca_file or kme.ca_file))
+            KmeEndpoint(url=e.url, kme_id=e.kme_id, ca_file=Path(e.ca_file or kme.ca_file),
+                        tls=(e.tls or kme.tls).options(),
+                        dialect=None if e.dialect is None
+                        else kme_dialect(e.dialect, kme.dialect_rules))
             for e in kme.endpoints
         ]
         creds = SaeCredentials(sae_id=kme.sae_id, cert_file=Path(kme.cert_file),
                                key_file=Path(kme.key_file))
         return KmeClient(endpoints, creds, timeout=kme.timeout_s,
-                         key_ids_name_master=kme.key_ids_name_master)
+                         key_ids_name_master=kme.key_ids_name_master,
+                         dialect=kme_dialect(kme.dialect, kme.dialect_rules))
 
     async def start(self) -> None:
         cfg = self.config

@@ -358,7 +358,8 @@ class PeerSession:
                 st.next_rekey_mono = max(st.next_rekey_mono,
                                          st.installed_mono + self._rekey_interval())
             return
-        if self.peer.qkd_prefetch and self._prefetched is None:
+        # kme.prefetch: false for KMEs that drop undelivered keys on the next enc_keys.
+        if self.peer.qkd_prefetch and self.ctx.config.kme.prefetch and self._prefetched is None:
             await self._prefetch()
 
     async def _prefetch(self) -> None:

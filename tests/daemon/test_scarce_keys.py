@@ -33,7 +33,8 @@ class PoolKeys:
 
 def _session(keys: PoolKeys, rekey: float = 4.0, lifetime: float = 14.0) -> PeerSession:
     ctx = SimpleNamespace(keys=keys, telemetry=Telemetry("gw-a"),
-                          handshake_params=lambda peer: None)
+                          handshake_params=lambda peer: None,
+                          config=SimpleNamespace(kme=SimpleNamespace(prefetch=True)))
     peer = SimpleNamespace(id="gw-b", sae_id="SAE_B", qkd="required", qkd_prefetch=True,
                            qkd_keys_per_epoch=1, rekey_interval_s=rekey,
                            key_lifetime_s=lifetime,

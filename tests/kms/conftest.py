@@ -33,7 +33,11 @@ async def fake_kme_factory(
 ) -> AsyncIterator[Callable[..., Awaitable[FakeKme]]]:
     runners: list[web.AppRunner] = []
 
-    async def start(handler: Handler, server_pair: Pair | None = None) -> FakeKme:
+    async def start(
+        handler: Handler,
+        server_pair: Pair | None = None,
+        adjust_tls: Callable[[ssl.SSLContext], None] | None = None,
+    ) -> FakeKme:
         fake = FakeKme(handler=handler)
         pair = server_pair or pki["kme_a"]
 
@@ -52,6 +56,8 @@ async def fake_kme_factory(
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki["ca"].ca_file))
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_cert_chain(str(pair.cert), str(pair.key))
+        if adjust_tls is not None:
+            adjust_tls(ctx)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         runners.append(runner)

@@ -19,7 +19,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kms_client import KmeClient, KmeEndpoint, RetryPolicy, SaeCredentials
+from kms_client import (
+    Dialect,
+    KmeClient,
+    KmeEndpoint,
+    RetryPolicy,
+    SaeCredentials,
+    TlsOptions,
+)
 
 # Fast retries so that failure paths finish in milliseconds.
 FAST_RETRY = RetryPolicy(
@@ -66,7 +73,8 @@ class TestCA:
         self.ca_file = directory / f"{name}.crt"
         _write(self.ca_file, self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, *, server: bool) -> Pair:
+    def issue(self, cn: str, *, server: bool, san: bool = True) -> Pair:
+        """``san=False``: a server certificate whose only identity is its CN."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         builder = (
@@ -78,7 +86,7 @@ class TestCA:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=1))
         )
-        if server:
+        if server and san:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(
                     [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
@@ -86,7 +94,8 @@ class TestCA:
                 critical=False,
             )
         cert = builder.sign(self._key, hashes.SHA256())
-        pair = Pair(self.dir / f"{cn}.crt", self.dir / f"{cn}.key")
+        stem = cn if san or not server else f"{cn}-nosan"
+        pair = Pair(self.dir / f"{stem}.crt", self.dir / f"{stem}.key")
         _write(pair.cert, cert.public_bytes(serialization.Encoding.PEM))
         _write(
             pair.key,
@@ -147,11 +156,15 @@ def make_client(
     sae: str = "sae_a",
     timeout: float = 2.0,
     retry: RetryPolicy = FAST_RETRY,
+    tls: TlsOptions | None = None,
+    dialect: str | Dialect = "etsi",
 ) -> KmeClient:
     pair: Pair = pki[sae]
+    opts = tls or TlsOptions()
     return KmeClient(
-        [KmeEndpoint(url=u, kme_id=kme_id, ca_file=pki["ca"].ca_file) for u in urls],
+        [KmeEndpoint(url=u, kme_id=kme_id, ca_file=pki["ca"].ca_file, tls=opts) for u in urls],
         SaeCredentials(sae_id="SAE_A", cert_file=pair.cert, key_file=pair.key),
         timeout=timeout,
         retry=retry,
+        dialect=dialect,
     )

@@ -122,3 +122,69 @@ def test_errors_are_reported_not_raised(
     rc, _, err = qsgw(capsys, "status", "--endpoints", str(tmp_path / "bad.json"),
                       "--sae", "SAE_A", "--slave", "SAE_B")
     assert rc == 2 and "not valid JSON" in err
+
+
+def _closed_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"https://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_failover_across_urls_of_an_endpoints_file(
+    sim_endpoints: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = json.loads(sim_endpoints.read_text())
+    dead = _closed_url()
+    data["kmes"]["KME_A"]["urls"] = [dead, data["kmes"]["KME_A"]["url"]]
+    (tmp_path / "ep.json").write_text(json.dumps(data))
+    rc, out, _ = qsgw(capsys, "status", "--endpoints", str(tmp_path / "ep.json"), "--sae",
+                      "SAE_A", "--slave", "SAE_B", "--attempts", "1")
+    assert rc == 0 and "source_KME_ID: KME_A" in out
+
+
+def test_attempts_are_per_endpoint(capsys: pytest.CaptureFixture[str], sim_endpoints: Path
+                                   ) -> None:
+    data = json.loads(sim_endpoints.read_text())
+    sae, kme = data["saes"]["SAE_A"], data["kmes"]["KME_A"]
+    dead = _closed_url()
+    conn = ["--url", dead, "--kme-id", "KME_A", "--ca", kme["ca"], "--cert", sae["cert"],
+            "--key", sae["key"], "--sae", "SAE_A", "--slave", "SAE_B"]
+    rc, _, err = qsgw(capsys, "status", *conn, "--attempts", "1")
+    assert rc == 1 and "KmeUnavailable" in err and err.count(dead) == 1
+    rc, _, err = qsgw(capsys, "status", *conn, "--attempts", "3")
+    assert rc == 1 and err.count(dead) == 2  # the message keeps the last two failures
+
+
+def test_deadline_rides_out_an_outage_the_default_budget_does_not(
+    sim_endpoints: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import httpx
+
+    admin = json.loads(sim_endpoints.read_text())["admin"]
+    args = ["status", "--endpoints", str(sim_endpoints), "--sae", "SAE_A", "--slave", "SAE_B"]
+    httpx.put(f"{admin}/faults/KME_A", json={"outage": True}).raise_for_status()
+    try:
+        rc, _, err = qsgw(capsys, *args)
+        assert rc == 1 and "KmeUnavailable" in err and "503" in err
+        healer = threading.Timer(1.5, lambda: httpx.delete(f"{admin}/faults/KME_A"))
+        healer.start()
+        rc, out, err = qsgw(capsys, *args, "--deadline", "20")
+        healer.join()
+        assert rc == 0 and "source_KME_ID: KME_A" in out, err
+        httpx.put(f"{admin}/faults/KME_A", json={"outage": True}).raise_for_status()
+        rc, _, err = qsgw(capsys, *args, "--deadline", "0.5")
+        assert rc == 1 and "--deadline 0.5" in err
+    finally:
+        httpx.delete(f"{admin}/faults/KME_A")
+
+
+def test_probe_subcommand(sim_endpoints: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ep = ["probe", "--endpoints", str(sim_endpoints), "--master", "SAE_A", "--slave", "SAE_B"]
+    rc, out, _ = qsgw(capsys, *ep)
+    assert rc == 0 and "checks passed" in out and "FAIL" not in out
+    rc, out, _ = qsgw(capsys, *ep, "--tls-verify", "cert-sha256", "--cert-sha256", "00" * 32)
+    assert rc == 1 and "tls.master" in out and "FAIL" in out and "no request was sent" in out
+    rc, _, err = qsgw(capsys, *ep, "--tls-verify", "cert-sha256")
+    assert rc == 2 and "cert_sha256" in err

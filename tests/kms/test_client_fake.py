@@ -244,7 +244,7 @@ async def test_wrong_kme_id_in_certificate(
     async with make_client(pki, [fake.url], kme_id="KME_A") as client:
         with pytest.raises(KmeIdentityMismatch, match=r"'KME_X'.*'KME_A'"):
             await client.enc_keys("SAE_B")
-    assert fake.count == 1  # not retried
+    assert fake.count == 0  # refused in the handshake: no request sent
 
 
 async def test_client_cert_from_another_ca_is_unauthorized(
