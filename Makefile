@@ -18,6 +18,8 @@ DEB_PACKAGES := wireguard-go wireguard-tools strongswan-charon strongswan-swanct
 # liboqs: built from the pinned source into the venv (scripts/build-liboqs.sh);
 # LIBOQS_TARBALL names a local copy of it (checked against its SHA-256).
 LIBOQS_PREFIX := .venv/opt/liboqs
+# The offline copy beside the checkout, where there is one (this project's machines).
+LIBOQS_TARBALL ?= $(abspath $(wildcard ../shared/vendor/liboqs-0.16.0.tar.gz))
 export LIBOQS_TARBALL
 DEMO_SECONDS ?=
 PYTEST_ARGS ?=

@@ -22,8 +22,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("gateway.daemon.status_cli", "show the running daemon's peers"),
     "audit": ("gateway.telemetry.audit_cli", "verify or show the audit trail"),
     "doctor": ("gateway.doctor_cli", "what this machine lacks for a config (or every feature)"),
-    "crypto-inventory": ("gateway.crypto.inventory_cli",
-                         "list each suite's algorithms, providers, versions and standing"),
     "journal": ("gateway.journal_cli", "show the journal; raise an epoch after a restore"),
 }
 
