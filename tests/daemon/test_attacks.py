@@ -15,20 +15,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _requires import require
 
 from gateway.netns import NetnsLab
 from gateway.sitelab import CONTROL_PORT, SiteLab
 
-from .conftest import TOPOLOGY, _dump_logs_on_failure, _missing, two_sites
+from .conftest import TOPOLOGY, _dump_logs_on_failure, two_sites
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def atklab() -> Iterator[SiteLab]:
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
+    require("netns", "wireguard-go", "wg", "ping", "tun")
     with tempfile.TemporaryDirectory(prefix="qsgw-atk-") as tmp, NetnsLab(prefix="qsatk") as lab:
         sites = SiteLab(lab, Path(tmp), TOPOLOGY)
         try:
