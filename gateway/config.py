@@ -531,8 +531,11 @@ class WireGuardTunnel(_Model):
     peer_public_key: Annotated[str, BeforeValidator(_b64_key32)]
     endpoint: HostPortField | None = None
     allowed_ips: tuple[NetworkField, ...] = Field(default=(), validate_default=True)
-    persistent_keepalive_s: int = Field(default=0, ge=0, le=65535)
+    # A keepalive makes the tunnel handshake without traffic, so its liveness is seen.
+    persistent_keepalive_s: int = Field(default=25, ge=0, le=65535)
     wireguard_go: str = "wireguard-go"
+    # Keyed but with no data-plane handshake for this long: the peer is `down`.
+    liveness_s: float = Field(default=30.0, ge=2.0, le=3600.0)
 
     @field_validator("private_key_file")
     @classmethod
@@ -608,6 +611,9 @@ class IpsecTunnel(_Model):
     )
     esp_proposals: tuple[Proposal, ...] = Field(default=("aes256gcm16",), min_length=1)
     auth: IkeAuth | None = Field(default=None, validate_default=True)
+    # Keyed but with no IKE SA (PPK) and CHILD_SA, or none with the current PPK,
+    # for this long: the peer is `down`.
+    liveness_s: float = Field(default=30.0, ge=2.0, le=3600.0)
 
     @field_validator("remote_addrs")
     @classmethod

@@ -264,6 +264,9 @@ class GatewayDaemon:
             "control_connections": len(self._control.conns) if self._control else 0,
             "control_flood": bool(self._control and self._control.flooded),
             "journal_lost": getattr(self._journal, "lost", None),
+            "alarms": [{"alarm": a.name.value, "subject": a.subject, "severity": a.severity,
+                        "detail": a.detail, "since": a.since}
+                       for a in (self._telemetry.alarms.active() if self._telemetry else [])],
             "peers": peers,
         }
 

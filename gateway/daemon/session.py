@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,12 +36,13 @@ from gateway.handshake import (
 )
 from gateway.journal import EpochRangeError, JournalError, KeyReuseError, StaleEpochError
 from gateway.telemetry.logs import bind_peer, peer_logger
-from gateway.tunnels.base import TunnelDriver, TunnelError
+from gateway.tunnels.base import TunnelDriver, TunnelError, TunnelHealth
 from kms_client import KmeKeyNotFound, KmeUnavailable, KmsError
 
 from .context import DaemonContext
 from .framing import FrameError, read_frame, write_frame
 from .keysupply import DeliveredKey
+from .liveness import DOWN, PENDING, Liveness
 
 log = logging.getLogger("qsgw.session")
 
@@ -50,6 +53,11 @@ HANDSHAKE_TIMEOUT_S = 30.0
 # prefetch, and rekeys are spaced out (see PeerSession._rekey_interval).
 PREFETCH_RESERVE_EPOCHS = 8
 IO_TIMEOUT_S = 10.0
+# How often the data plane is asked whether the tunnel carries traffic.
+LIVENESS_POLL_S = 2.0
+# A failing tunnel never spends QKD keys faster than a healthy one: at most this
+# window's worth of epochs at the rekey interval (plus one) in any such window.
+KEY_BUDGET_WINDOW_S = 3600.0
 
 
 class SessionFailure(Exception):
@@ -68,7 +76,12 @@ class PeerStatus:
     peer_id: str
     role: str
     policy: str
-    state: str = "starting"  # starting | ok | degraded | stale | blocked
+    # What is shown: starting | pending | ok | degraded | stale | down | blocked.
+    # `ok` (and degraded, stale) only while the tunnel is live; `pending` while a
+    # fresh key waits for the data plane, `down` past the liveness bound.
+    state: str = "starting"
+    # The key's own state, from the policy: starting | ok | degraded | stale | blocked.
+    key_state: str = "starting"
     epoch: int = 0
     installed_at: float | None = None  # wall clock
     installed_mono: float | None = None
@@ -83,6 +96,13 @@ class PeerStatus:
     qkd_scarce: bool = False  # the link's pool is below the reserve: rekeys are spaced out
     last_tunnel_down: str | None = None
     last_tunnel_down_at: float | None = None
+    tunnel_live: str = "pending"  # pending | live | down (liveness.py)
+    tunnel_detail: str | None = None
+    key_confirmed: bool = False  # a data-plane handshake/SA newer than the key
+    rx_bytes: int | None = None
+    tx_bytes: int | None = None
+    last_handshake_age_s: float | None = None
+    qkd_keys_last_hour: int = 0
 
     def as_dict(self, now_mono: float) -> dict[str, Any]:
         return {
@@ -104,6 +124,13 @@ class PeerStatus:
             "qkd_scarce": self.qkd_scarce,
             "last_tunnel_down": self.last_tunnel_down,
             "last_tunnel_down_at": self.last_tunnel_down_at,
+            "tunnel_live": self.tunnel_live,
+            "tunnel_detail": self.tunnel_detail,
+            "key_confirmed": self.key_confirmed,
+            "rx_bytes": self.rx_bytes,
+            "tx_bytes": self.tx_bytes,
+            "last_handshake_age_s": self.last_handshake_age_s,
+            "qkd_keys_last_hour": self.qkd_keys_last_hour,
             "next_rekey_in_s": None if self.next_rekey_mono is None
             else round(max(0.0, self.next_rekey_mono - now_mono), 3),
         }
@@ -197,6 +224,12 @@ class PeerSession:
         # only; the key bytes go to the machine and nowhere else.
         self._key_origins: dict[str, Mapping[str, Any] | None] = {}
         self.log = peer_logger(log, peer.id)
+        self._liveness = Liveness(float(getattr(peer.tunnel, "liveness_s", 30.0)),
+                                  require_confirm=peer.tunnel.type == "ipsec")
+        # When this peer's handshakes were handed QKD keys (the key budget).
+        self._spends: deque[float] = deque()
+        self._attempt_spent = False
+        self._last_failure: str | None = None  # since the last epoch the tunnel took
         if hasattr(driver, "on_down"):
             # IPsec: charon reports a tunnel it dropped on its own; bring it back.
             driver.on_down = self._on_tunnel_down
@@ -211,6 +244,8 @@ class PeerSession:
         bind_peer(self.peer.id)  # every log line of this task names the peer
         await self._start_tunnel()
         self._tasks.append(asyncio.create_task(self._expiry_loop(), name=f"expiry:{self.peer.id}"))
+        self._tasks.append(asyncio.create_task(self._liveness_loop(),
+                                               name=f"liveness:{self.peer.id}"))
         if self.initiator:
             self.status.next_rekey_mono = time.monotonic()
             await self._initiator_loop()
@@ -243,6 +278,9 @@ class PeerSession:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._liveness.verdict.state == DOWN:
+            # This session's judgement ends with it (a reload starts a new one).
+            self.ctx.telemetry.alarm("tunnel_down", self.peer.id, False, "session stopped")
         if not keep_tunnel:
             with contextlib.suppress(TunnelError):
                 await self.driver.block()
@@ -257,7 +295,7 @@ class PeerSession:
         st.last_error = f"tunnel down: {detail}"
         self.log.warning("tunnel went down: %s", detail)
         self._publish()
-        if self.initiator and self.status.state != "blocked":
+        if self.initiator and self.status.key_state != "blocked":
             self.trigger_rekey()  # a new epoch, installed and activated, brings it back
 
     def trigger_rekey(self) -> None:
@@ -278,6 +316,15 @@ class PeerSession:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._rekey_now.wait(), delay)
             self._rekey_now.clear()
+            wait = self._budget_wait()
+            if wait > 0:
+                self.log.warning("QKD key budget spent: %d epochs' keys in the last %.0f s, the "
+                                 "most a healthy tunnel uses; next attempt in %.0f s",
+                                 len(self._spends), KEY_BUDGET_WINDOW_S, wait)
+                self.status.next_rekey_mono = time.monotonic() + wait
+                self._publish()
+                continue
+            self._attempt_spent = False
             try:
                 async with self._lock:
                     await asyncio.wait_for(self._initiate_once(), HANDSHAKE_TIMEOUT_S)
@@ -287,7 +334,12 @@ class PeerSession:
                 failure = _as_failure(exc)
                 self._record_failure(failure)
                 attempt = self.status.consecutive_failures
-                base = min(backoff.max, backoff.initial * 2 ** (attempt - 1))
+                # A failure that spent a QKD key (the tunnel did not come up) backs
+                # off up to the rekey interval at least, so a broken tunnel spends
+                # keys no faster than a healthy one.
+                cap = max(backoff.max, self.peer.rekey_interval_s) if self._attempt_spent \
+                    else backoff.max
+                base = min(cap, backoff.initial * 2 ** min(attempt - 1, 30))
                 if failure.reason == "qkd_unavailable":
                     self._set_scarce(True, "no QKD key for this epoch")
                     base = self._share_scarce_keys(base)
@@ -298,6 +350,19 @@ class PeerSession:
                 self.status.next_rekey_mono = time.monotonic() + self._rekey_interval()
                 self._start_supply_check()
             self._publish()
+
+    def _budget_wait(self) -> float:
+        """Seconds until this peer may spend another epoch's QKD keys (0: now)."""
+        if self.peer.qkd == "off":
+            return 0.0
+        now = time.monotonic()
+        while self._spends and now - self._spends[0] >= KEY_BUDGET_WINDOW_S:
+            self._spends.popleft()
+        self.status.qkd_keys_last_hour = len(self._spends) * self.peer.qkd_keys_per_epoch
+        budget = math.ceil(KEY_BUDGET_WINDOW_S / self.peer.rekey_interval_s) + 1
+        if len(self._spends) < budget:
+            return 0.0
+        return self._spends[0] + KEY_BUDGET_WINDOW_S - now
 
     def _rekey_interval(self) -> float:
         """The rekey interval, stretched to half the key lifetime while QKD keys are
@@ -326,7 +391,7 @@ class PeerSession:
         expire retries at the initial backoff, one just keyed waits up to the full
         backoff, so the keys there are go to the tunnel nearest to starving."""
         installed = self.status.installed_mono
-        if installed is None or self.status.state == "blocked":
+        if installed is None or self.status.key_state == "blocked":
             return min(base, self.peer.retry_backoff_s.initial)  # no usable key: most in need
         left = self.peer.key_lifetime_s - (time.monotonic() - installed)
         share = min(1.0, max(0.0, left / self.peer.key_lifetime_s))
@@ -474,6 +539,9 @@ class PeerSession:
         if self.initiator:
             # Both sides now hold the key (DONE received): IPsec reauthenticates.
             await self.driver.activate(installed_epoch)
+            self.status.consecutive_failures = 0  # the tunnel took the key
+            self._last_failure = None
+            await self._check_liveness()
 
     def _commit(self, machine: Any, action: CommitEpoch) -> list[Any]:
         try:
@@ -514,6 +582,9 @@ class PeerSession:
     def _hand_keys(self, machine: Any, keys: Sequence[DeliveredKey]) -> list[Any]:
         """Give the machine the keys; keep only each key's origin (its key_ID_extension)."""
         self._key_origins = {k.key_id: k.extension for k in keys}
+        if keys:
+            self._spends.append(time.monotonic())
+            self._attempt_spent = True
         return list(machine.on_qkd_keys(keys, time.time()))
 
     def _note_qkd_problem(self, exc: Exception) -> None:
@@ -525,7 +596,6 @@ class PeerSession:
             await self.driver.install_key(action.epoch, bytes(key))
         finally:
             wipe(key)
-        old_state = self.status.state
         degraded = action.degraded
         st = self.status
         st.epoch = action.epoch
@@ -533,16 +603,18 @@ class PeerSession:
         st.installed_mono = time.monotonic()
         st.sources = list(action.sources)
         st.qkd_key_ids = list(action.key_ids)
-        st.state = "degraded" if degraded else "ok"
-        st.consecutive_failures = 0
+        st.key_state = "degraded" if degraded else "ok"
+        self._liveness.key_installed(st.installed_mono)
+        st.key_confirmed = False
+        if not self.initiator:
+            st.consecutive_failures = 0  # the initiator's resets once the tunnel took it
         st.epochs_made += 1
         origins, self._key_origins = self._key_origins, {}
         self.ctx.telemetry.epoch_made(self.peer.id, action.epoch, action.suite, st.sources,
                                       st.qkd_key_ids, duration_s, degraded,
                                       qkd_key_extensions={k: origins.get(k)
                                                           for k in st.qkd_key_ids})
-        if old_state != st.state:
-            self.ctx.telemetry.policy_changed(self.peer.id, old_state, st.state)
+        self._refresh_state()
         self.log.info("epoch %d installed (sources %s%s)", action.epoch, "+".join(st.sources),
                       ", degraded: no QKD" if degraded else "",
                       extra={"epoch": action.epoch})
@@ -554,17 +626,25 @@ class PeerSession:
         while not self._stopping:
             await asyncio.sleep(0.5)
             st = self.status
-            if st.installed_mono is None or st.state in ("blocked", "stale"):
+            if st.installed_mono is None or st.key_state in ("blocked", "stale"):
+                continue
+            if (self.peer.qkd == "required" and st.state == "down"
+                    and time.monotonic() - self._liveness.down_since_mono
+                    >= self.peer.key_lifetime_s):
+                # Keys that no tunnel takes are no fresh key: fail closed all the same.
+                await self._block(f"tunnel down for longer than the key lifetime "
+                                  f"({self.peer.key_lifetime_s:g} s): {st.tunnel_detail}")
+                self._refresh_state()
+                self._publish()
                 continue
             if time.monotonic() - st.installed_mono < self.peer.key_lifetime_s:
                 continue
-            old = st.state
             if self.peer.qkd == "required":
                 await self._block("key lifetime passed with no fresh QKD-keyed epoch")
             else:
-                st.state = "stale"
+                st.key_state = "stale"
                 self.log.warning("key lifetime passed; policy %s keeps the last key", self.peer.qkd)
-            self.ctx.telemetry.policy_changed(self.peer.id, old, st.state)
+            self._refresh_state()
             self._publish()
 
     async def _block(self, why: str) -> None:
@@ -572,11 +652,68 @@ class PeerSession:
             await self.driver.block()
         except TunnelError as exc:
             self.log.error("could not block the tunnel: %s", exc)
-        self.status.state = "blocked"
+        self.status.key_state = "blocked"
+        self._liveness.reset()
         self.status.sources = []  # no key in use: nothing to show as its sources
         self.status.last_error = f"blocked: {why}"
         self.status.last_error_at = time.time()
         self.log.error("tunnel blocked (policy required): %s", why)
+
+    # ------------------------------------------------------------------ liveness
+
+    async def _liveness_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(LIVENESS_POLL_S)
+            await self._check_liveness()
+
+    async def _check_liveness(self) -> None:
+        """Ask the data plane whether the tunnel carries traffic; `down` past the bound."""
+        st = self.status
+        if st.key_state in ("starting", "blocked") or self._lock.locked():
+            return  # nothing to judge, or a handshake (and its activation) is under way
+        try:
+            health = await asyncio.wait_for(self.driver.health(), 5)
+        except TimeoutError:
+            health = TunnelHealth(up=False, detail="the tunnel driver did not answer within 5 s")
+        except TunnelError as exc:
+            health = TunnelHealth(up=False, detail=f"tunnel driver: {exc}")
+        was = self._liveness.verdict.state
+        verdict = self._liveness.observe(health, time.monotonic())
+        st.tunnel_live, st.tunnel_detail = verdict.state, verdict.reason
+        st.key_confirmed = verdict.confirmed
+        st.rx_bytes, st.tx_bytes = health.rx_bytes, health.tx_bytes
+        st.last_handshake_age_s = health.last_handshake_age_s
+        self.ctx.telemetry.tunnel_health(self.peer.id, verdict.state == "live",
+                                         health.rx_bytes, health.tx_bytes)
+        if verdict.state == DOWN and was != DOWN:
+            if self._last_failure is not None:
+                # What the last attempt ran into is the likeliest cause: say it.
+                verdict.reason = f"{verdict.reason}; last attempt: {self._last_failure}"
+                st.tunnel_detail = verdict.reason
+            st.tunnel_downs += 1
+            st.last_tunnel_down, st.last_tunnel_down_at = verdict.reason, time.time()
+            st.last_error, st.last_error_at = f"tunnel down: {verdict.reason}", time.time()
+            self.log.error("tunnel down: %s", verdict.reason)
+            self.ctx.telemetry.alarm("tunnel_down", self.peer.id, True, verdict.reason)
+        elif was == DOWN and verdict.state != DOWN:
+            self.log.info("tunnel live again: %s", verdict.reason)
+            self.ctx.telemetry.alarm("tunnel_down", self.peer.id, False, verdict.reason)
+        self._refresh_state()
+
+    def _refresh_state(self) -> None:
+        """The shown state: the key's state, held back to pending/down by liveness."""
+        st = self.status
+        shown = st.key_state
+        if shown not in ("starting", "blocked"):
+            live = self._liveness.verdict.state
+            if live == DOWN:
+                shown = "down"
+            elif live == PENDING:
+                shown = "pending"
+        if shown != st.state:
+            old, st.state = st.state, shown
+            self.ctx.telemetry.policy_changed(self.peer.id, old, shown)
+            self._publish()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -585,6 +722,7 @@ class PeerSession:
         st.consecutive_failures += 1
         st.last_error = f"{failure.reason}: {failure.detail}"
         st.last_error_at = time.time()
+        self._last_failure = f"{failure.reason}: {failure.detail}"
         self.ctx.telemetry.handshake_failed(self.peer.id, failure.reason)
         self.ctx.telemetry.epoch_failed(self.peer.id, st.epoch + 1, failure.reason, failure.detail)
         if failure.reason in ("bad_signature", "wrong_peer", "identity"):

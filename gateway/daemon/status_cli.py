@@ -44,14 +44,37 @@ def format_table(doc: dict[str, Any]) -> str:
         rows.append((
             p["peer"], p["role"], p["policy"], p["state"], str(p["epoch"]), _age(p["key_age_s"]),
             "+".join(p["sources"]) or "-",
-            ("up" if tunnel.get("up") else "down") if tunnel else "?",
+            _tunnel(p, tunnel),
             _error(p),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"gateway {doc.get('gateway')}  uptime {_age(doc.get('uptime_s'))}"]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
               for r in rows]
+    # A down tunnel gets its whole reason, in words, on a line of its own.
+    for p in doc.get("peers", []):
+        if p.get("state") == "down":
+            lines.append(f"  {p['peer']}: tunnel down: {p.get('tunnel_detail') or '?'}")
+    for a in doc.get("alarms", []):
+        lines.append(f"alarm {a['alarm']} ({a['severity']}) {a['subject']}: {a['detail']}")
     return "\n".join(lines)
+
+
+def _tunnel(p: dict[str, Any], tunnel: dict[str, Any]) -> str:
+    """live/pending/down from the liveness check, with the data plane's counters."""
+    live = p.get("tunnel_live") or (("live" if tunnel.get("up") else "down") if tunnel else "?")
+    rx, tx = p.get("rx_bytes"), p.get("tx_bytes")
+    if rx is None or tx is None:
+        return str(live)
+    return f"{live} rx {_bytes(rx)} tx {_bytes(tx)}"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f}{unit}"
+        n //= 1024
+    return f"{n}GiB"
 
 
 def run(args: argparse.Namespace) -> int:

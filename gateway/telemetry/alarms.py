@@ -16,6 +16,7 @@ class AlarmName(StrEnum):
     KEY_POOL_LOW = "key_pool_low"
     QKD_DEGRADED = "qkd_degraded"
     TUNNEL_BLOCKED = "tunnel_blocked"
+    TUNNEL_DOWN = "tunnel_down"
     HANDSHAKE_FAILURES = "handshake_failures"
     IDENTITY_REFUSED = "identity_refused"
     CONTROL_FLOOD = "control_flood"
@@ -27,6 +28,7 @@ SEVERITY: dict[AlarmName, str] = {
     AlarmName.KEY_POOL_LOW: "warning",
     AlarmName.QKD_DEGRADED: "major",
     AlarmName.TUNNEL_BLOCKED: "critical",
+    AlarmName.TUNNEL_DOWN: "critical",
     AlarmName.HANDSHAKE_FAILURES: "major",
     AlarmName.IDENTITY_REFUSED: "major",
     AlarmName.CONTROL_FLOOD: "major",

@@ -393,6 +393,17 @@ class Telemetry:
         )
 
     @_guarded
+    def tunnel_health(self, peer_id: str, live: bool, rx_bytes: int | None,
+                      tx_bytes: int | None) -> None:
+        """The data plane's view, each liveness poll: metrics only (the state change
+        and the tunnel_down alarm carry the events)."""
+        if self.metrics is not None:
+            self.metrics.tunnel_live.labels(peer_id).set(1.0 if live else 0.0)
+            for direction, value in (("rx", rx_bytes), ("tx", tx_bytes)):
+                if value is not None:
+                    self.metrics.tunnel_bytes.labels(peer_id, direction).set(value)
+
+    @_guarded
     def policy_changed(self, peer_id: str, old: str, new: str) -> None:
         if self.metrics is not None:
             self.metrics.set_policy_state(peer_id, new)

@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-POLICY_STATES = ("ok", "degraded", "blocked", "starting")
+POLICY_STATES = ("ok", "degraded", "stale", "pending", "down", "blocked", "starting")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -111,6 +111,14 @@ class Metrics:
             "Telemetry messages dropped (queue full)",
             ["sink"],
             registry=r,
+        )
+        self.tunnel_live = Gauge(
+            "qsgw_tunnel_live", "1 while the data plane shows the tunnel carrying traffic",
+            ["peer"], registry=r,
+        )
+        self.tunnel_bytes = Gauge(
+            "qsgw_tunnel_bytes", "Bytes through the tunnel, as the data plane counts them",
+            ["peer", "direction"], registry=r,
         )
         self.alarm_active = Gauge(
             "qsgw_alarm_active", "1 while the alarm is raised", ["alarm", "subject"], registry=r

@@ -629,8 +629,25 @@ class StrongSwanDriver:
         except CommandException as exc:
             raise TunnelError(
                 f"{self._name}: initiating failed ({_errmsg(exc)}); "
-                "a PPK or PSK mismatch with the peer shows this way"
+                f"{self._diagnose(session)}"
             ) from None
+
+    def _diagnose(self, session: vici.Session) -> str:
+        """What charon's SAs say about a connection that did not come up, in words
+        that point at the cause (never a guess stated as fact)."""
+        try:
+            sas = self._ike_sas(session)
+        except (CommandException, OSError):
+            sas = []
+        peer = ", ".join(self.settings.remote_addrs) or "the peer"
+        if any(sa.state == "ESTABLISHED" and not sa.child_installed for sa in sas):
+            return ("the IKE SA is up but no CHILD_SA was installed: the ESP proposals do not "
+                    "match, or charon lacks a plugin for them (openssl, gcm: run `qsgw doctor`)")
+        if any(sa.state == "ESTABLISHED" and not sa.ppk for sa in sas):
+            return "the IKE SA came up without a PPK: the peer does not use the PPK (ppk_id)"
+        return (f"no IKE SA came up: {peer} did not answer on UDP 500/4500 (unreachable or "
+                "filtered), or refused the authentication (a PSK or PPK mismatch); the peer's "
+                "charon log says which")
 
     async def _wait_for_new_sa(self, old_ids: set[str], timeout: float) -> _IkeSa:
         deadline = time.monotonic() + timeout
