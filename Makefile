@@ -78,7 +78,7 @@ test-slow: setup
 	QSGW_HYPOTHESIS_PROFILE=slow $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: setup
-	.venv/bin/ruff check gateway kms_client tests bench
+	.venv/bin/ruff check gateway kms_client qsgw_lab tests bench
 	.venv/bin/mypy
 
 bench: setup
