@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.telemetry.audit import parse_time
+from gateway.telemetry.audit_records import parse_time
 from gateway.telemetry.key_origin import describe_origin
 from qsgw_lab.scenarios.runner import Event, ScenarioRun
 from qsgw_lab.sitelab import Tunnel

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.telemetry.audit import parse_time
+from gateway.telemetry.audit_records import parse_time
 from qsgw_lab.scenarios.runner import Event, ScenarioRun
 from qsgw_lab.sitelab import Tunnel
 
