@@ -65,9 +65,9 @@ liboqs: $(STAMPS)/venv
 SCENARIO ?=
 demo: setup
 ifeq ($(SCENARIO),)
-	DEMO_SECONDS=$(or $(DEMO_SECONDS),60) $(PY) -m gateway.demo
+	DEMO_SECONDS=$(or $(DEMO_SECONDS),60) $(PY) -m qsgw_lab.demo
 else
-	DEMO_SECONDS=$(DEMO_SECONDS) $(PY) -m gateway.scenarios $(SCENARIO)
+	DEMO_SECONDS=$(DEMO_SECONDS) $(PY) -m qsgw_lab.scenarios $(SCENARIO)
 endif
 
 test: setup
@@ -78,7 +78,7 @@ test-slow: setup
 	QSGW_HYPOTHESIS_PROFILE=slow $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: setup
-	.venv/bin/ruff check gateway kms_client tests bench
+	.venv/bin/ruff check gateway kms_client qsgw_lab tests bench
 	.venv/bin/mypy
 
 bench: setup

@@ -4,7 +4,7 @@ Two sites in network namespaces (real `qsgw run` daemons, wireguard-go, the KME
 simulator over mutual TLS) rekey every 2 s. For `--seconds` they run quiet
 (the baseline), then for as long again an attacker in the initiator's namespace,
 so at the peer's own configured address, runs the worst mix of issue 14 against
-the responder (`gateway.floodlab`: held-open and dripping connections, forged
+the responder (`qsgw_lab.floodlab`: held-open and dripping connections, forged
 INITs each followed by a frame flood, validly signed replayed INITs), with new
 connections just under the responder's rate limit. Meanwhile the responder's
 open files, RSS and log lines are sampled.
@@ -30,8 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.netns import NetnsLab, netns_unavailable_reason  # noqa: E402
-from gateway.sitelab import CONTROL_PORT, Site, SiteLab  # noqa: E402
+from qsgw_lab.netns import NetnsLab, netns_unavailable_reason  # noqa: E402
+from qsgw_lab.sitelab import CONTROL_PORT, Site, SiteLab  # noqa: E402
 
 TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"
 RATE_LIMIT = 5.0  # the responder's control.rate_limit_per_s (the default)
@@ -94,7 +94,7 @@ def run(seconds: float) -> dict[str, Any]:
             epm_quiet, lps_quiet = _phase(sites, b, a.gateway_id, seconds, quiet)
             refused0 = (sites.status(b) or {}).get("control_refused", {})
             attacker = lab.popen(a.name, [
-                sys.executable, "-m", "gateway.floodlab",
+                sys.executable, "-m", "qsgw_lab.floodlab",
                 "--target", f"{b.underlay_ip}:{CONTROL_PORT}", "--claim", a.gateway_id,
                 "--responder", b.gateway_id, "--identity-dir", str(a.dir / "identity"),
                 "--seconds", str(seconds), "--rate", str(RATE_LIMIT * 0.6), "--holders", "8",

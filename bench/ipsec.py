@@ -101,7 +101,7 @@ async def wait_responder(sock_path: Path, conn: str, old: set[bytes]) -> None:
 
 
 async def measure(rotations: int, keep: Path | None = None) -> dict[str, Any]:
-    from gateway.netns import NetnsLab
+    from qsgw_lab.netns import NetnsLab
 
     with tempfile.TemporaryDirectory(prefix="qsgw-bench-ipsec-") as tmp, NetnsLab() as lab:
         root = Path(tmp) if keep is None else keep
@@ -205,8 +205,8 @@ def measure_daemon(rotations: int, gap_s: float = 0.3) -> dict[str, Any]:
     a plain reauthentication of the same connection (no qsgw involved)."""
     import signal as _signal
 
-    from gateway.netns import NetnsLab
-    from gateway.sitelab import SiteLab
+    from qsgw_lab.netns import NetnsLab
+    from qsgw_lab.sitelab import SiteLab
 
     topology = Path(__file__).resolve().parents[1] / "configs" / "topologies" / "madqci.yaml"
     out: dict[str, Any] = {}

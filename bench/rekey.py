@@ -31,9 +31,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.netns import NetnsLab, netns_unavailable_reason  # noqa: E402
-from gateway.sitelab import SiteLab  # noqa: E402
 from gateway.tunnels.wireguard_uapi import UapiClient  # noqa: E402
+from qsgw_lab.netns import NetnsLab, netns_unavailable_reason  # noqa: E402
+from qsgw_lab.sitelab import SiteLab  # noqa: E402
 
 TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"
 # Idle time before each rekey and before each timed part. Back-to-back calls on

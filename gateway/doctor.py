@@ -243,7 +243,7 @@ def liboqs() -> Finding:
 
 def netns() -> Finding:
     """Root and network namespaces (the demo, the tests and the benchmarks)."""
-    from gateway.netns import netns_unavailable_reason
+    from gateway.netns_probe import netns_unavailable_reason
 
     reason = netns_unavailable_reason()
     if reason is None:

@@ -13,7 +13,7 @@ from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from gateway.fsguard import FileSafetyError
 from gateway.identity import IdentityError
 from gateway.journal import JournalError
-from gateway.telemetry.audit import AuditError
+from gateway.telemetry.audit_records import AuditError
 
 STARTUP_ERRORS = (FileSafetyError, IdentityError, JournalError, AuditError)
 

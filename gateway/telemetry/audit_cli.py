@@ -7,19 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from gateway.telemetry.audit import (
-    AuditError,
-    filter_records,
-    iter_records,
-    parse_time,
-    verify_files,
-)
+from gateway.telemetry.audit_records import AuditError, parse_time
 from gateway.telemetry.audit_sign import (
     AuditSignatureError,
     AuditVerifier,
     HybridVerifier,
     load_verifier,
 )
+from gateway.telemetry.audit_verify import filter_records, iter_records, verify_files
 from gateway.telemetry.checkpoint import check_checkpoint, quarantined
 from gateway.telemetry.key_origin import describe_origin
 

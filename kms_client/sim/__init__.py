@@ -51,7 +51,7 @@ Every key carries ``key_ID_extension: {"qsgw_route": {"kind", "link", "path"}}``
 relay the path lists the trusted nodes. Faults: latency, a share of 503s, outages (503
 with an error body; the listener stays up), pools held empty, late arrival of keys at
 the slave's KME (dec_keys answers 400 "one or more keys specified are not found on KME"
-until then). The admin endpoint's JSON is described in kms_client.sim.server.
+until then). The admin endpoint's JSON is described in kms_client.sim.admin.
 """
 
 from __future__ import annotations

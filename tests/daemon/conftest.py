@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from _requires import require
 
-from gateway.netns import NetnsLab
-from gateway.sitelab import Site, SiteLab
+from qsgw_lab.netns import NetnsLab
+from qsgw_lab.sitelab import Site, SiteLab
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"

@@ -1,6 +1,6 @@
 """Attacks from a configured peer's own address, on real daemons in namespaces.
 
-The attacker (gateway.floodlab) runs in the initiator's namespace, so its
+The attacker (qsgw_lab.floodlab) runs in the initiator's namespace, so its
 connections come from the very address the responder allows for that peer.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from _requires import require
 
-from gateway.netns import NetnsLab
-from gateway.sitelab import CONTROL_PORT, SiteLab
+from qsgw_lab.netns import NetnsLab
+from qsgw_lab.sitelab import CONTROL_PORT, SiteLab
 
 from .conftest import TOPOLOGY, _dump_logs_on_failure, two_sites
 
@@ -51,7 +51,7 @@ def test_a_flood_from_the_peer_address_does_not_stop_its_epochs(atklab: SiteLab)
     e0 = _epoch(atklab, b, a.gateway_id)
     seconds = 16.0
     attacker = atklab.lab.popen(a.name, [
-        sys.executable, "-m", "gateway.floodlab",
+        sys.executable, "-m", "qsgw_lab.floodlab",
         "--target", f"{b.underlay_ip}:{CONTROL_PORT}", "--claim", a.gateway_id,
         "--responder", b.gateway_id, "--identity-dir", str(a.dir / "identity"),
         "--seconds", str(seconds), "--rate", "30", "--holders", "8",

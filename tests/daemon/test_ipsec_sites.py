@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from _requires import require
 
-from gateway.sitelab import Site, SiteLab, Tunnel
+from qsgw_lab.sitelab import Site, SiteLab, Tunnel
 
 pytestmark = pytest.mark.netns
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.sitelab import SiteLab
+from qsgw_lab.sitelab import SiteLab
 from tests.liboqs_gate import require_liboqs
 
 pytestmark = pytest.mark.netns

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sitelab import Site, SiteLab
 from gateway.telemetry import verify_files
+from qsgw_lab.sitelab import Site, SiteLab
 
 pytestmark = pytest.mark.netns
 

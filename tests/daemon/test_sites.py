@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.sitelab import Site, SiteLab
+from qsgw_lab.sitelab import Site, SiteLab
 
 from .conftest import two_sites
 
@@ -283,7 +283,7 @@ def test_sighup_adds_and_removes_a_peer_without_touching_others(sitelab: SiteLab
 def test_status_cli_shows_the_peers(sitelab: SiteLab) -> None:
     a, b = two_sites(sitelab, rekey=2.0, lifetime=10.0)
     _wait_epoch(sitelab, a, b, 1, 40)
-    from gateway.sitelab import qsgw_argv
+    from qsgw_lab.sitelab import qsgw_argv
 
     table = subprocess.run(qsgw_argv("status", "-s", str(a.status_socket)), capture_output=True,
                            text=True, timeout=20, check=True).stdout

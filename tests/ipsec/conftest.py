@@ -59,7 +59,7 @@ class Site:
 @pytest.fixture
 def lab() -> Iterator[Any]:
     require("netns", "charon", "tun", "ip", "unshare")
-    from gateway.netns import NetnsLab
+    from qsgw_lab.netns import NetnsLab
 
     with NetnsLab() as lab:
         lab.add_namespace("a")

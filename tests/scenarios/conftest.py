@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from _requires import require
 
-from gateway.netns import NetnsLab
-from gateway.scenarios import load
-from gateway.scenarios.runner import ScenarioRun
+from qsgw_lab.netns import NetnsLab
+from qsgw_lab.scenarios import load
+from qsgw_lab.scenarios.runner import ScenarioRun
 
 OpenRun = Callable[..., AbstractContextManager[ScenarioRun]]
 

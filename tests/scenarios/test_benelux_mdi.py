@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.scenarios import benelux_mdi as bm
+from qsgw_lab.scenarios import benelux_mdi as bm
 
 from .conftest import OpenRun, assert_whole_scenario_works
 

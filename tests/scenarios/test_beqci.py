@@ -4,7 +4,7 @@ gateways on each (Ghent campuses: WireGuard `preferred`; Redu-Transinne: WireGua
 
 One fault per link, one after the other: each faulted link reacts as its policy
 says and recovers, and while it is faulted the other two links are untouched
-(gateway.scenarios.beqci.FaultWatch: both ends of each stay `ok` with QKD in every
+(qsgw_lab.scenarios.beqci.FaultWatch: both ends of each stay `ok` with QKD in every
 epoch, rotate, fail no handshake, report no error, drop no tunnel, raise no alarm,
 and a ping stream through each loses nothing to speak of).
 """
@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from gateway.scenarios import beqci
-from gateway.scenarios.beqci import FaultWatch
-from gateway.scenarios.runner import ScenarioRun
-from gateway.sitelab import Tunnel
+from qsgw_lab.scenarios import beqci
+from qsgw_lab.scenarios.beqci import FaultWatch
+from qsgw_lab.scenarios.runner import ScenarioRun
+from qsgw_lab.sitelab import Tunnel
 
 from .conftest import OpenRun, assert_whole_scenario_works
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 
-from gateway.scenarios import int_uqkd
-from gateway.scenarios.int_uqkd import Passes, epochs_failed, epochs_made, policy_changes
-from gateway.scenarios.runner import ScenarioRun
-from gateway.sitelab import Tunnel
+from qsgw_lab.scenarios import int_uqkd
+from qsgw_lab.scenarios.int_uqkd import Passes, epochs_failed, epochs_made, policy_changes
+from qsgw_lab.scenarios.runner import ScenarioRun
+from qsgw_lab.sitelab import Tunnel
 
 from .conftest import OpenRun, assert_whole_scenario_works
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.scenarios import madqci
+from qsgw_lab.scenarios import madqci
 
 from .conftest import OpenRun, assert_whole_scenario_works
 

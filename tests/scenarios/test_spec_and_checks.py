@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError
-from gateway.scenarios import SCENARIOS, load, scenario_path
-from gateway.scenarios.checks import ConsumedKey, key_reuse_problems
-from gateway.scenarios.spec import load_scenario
+from qsgw_lab.scenarios import SCENARIOS, load, scenario_path
+from qsgw_lab.scenarios.checks import ConsumedKey, key_reuse_problems
+from qsgw_lab.scenarios.spec import load_scenario
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "configs" / "topologies"
 

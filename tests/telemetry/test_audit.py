@@ -14,8 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.cli import main as qsgw_main
-from gateway.telemetry.audit import AuditLog, canonical, record_hash, verify_files
+from gateway.telemetry.audit import AuditLog
+from gateway.telemetry.audit_records import canonical, record_hash
 from gateway.telemetry.audit_sign import HybridSigner, HybridVerifier
+from gateway.telemetry.audit_verify import verify_files
 
 
 def _fill(log: AuditLog, n: int, peers: tuple[str, ...] = ("paris", "ghent")) -> None:

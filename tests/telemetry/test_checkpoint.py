@@ -10,7 +10,8 @@ import pytest
 from gateway.cli import main
 from gateway.identity import LocalIdentity
 from gateway.telemetry import Telemetry
-from gateway.telemetry.audit import AuditLog, canonical, record_hash
+from gateway.telemetry.audit import AuditLog
+from gateway.telemetry.audit_records import canonical, record_hash
 from gateway.telemetry.audit_sign import HybridSigner
 from gateway.telemetry.checkpoint import checkpoint_path
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gateway.config import load_config
 from gateway.identity import LocalIdentity
-from gateway.telemetry.audit import verify_files
+from gateway.telemetry.audit_verify import verify_files
 from gateway.telemetry.setup import build_telemetry
 
 CONFIG = """\

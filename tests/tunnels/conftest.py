@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from _requires import require
 
-from gateway.netns import NetnsLab
 from gateway.tunnels.base import TunnelDriver
 from gateway.tunnels.wireguard_common import WireGuardSettings
+from qsgw_lab.netns import NetnsLab
 
 WG_PORT = 51820
 UNDERLAY = ("192.0.2.1", "192.0.2.2")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import netns
 
-from gateway.netns import LabBusy, NetnsError, NetnsLab, PrefixLock, cleanup_stale, require_root
+from qsgw_lab.netns import LabBusy, NetnsError, NetnsLab, PrefixLock, cleanup_stale, require_root
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.netns import NetnsLab
 from gateway.tunnels.base import TunnelError
 from gateway.tunnels.wireguard_common import (
     WireGuardSettings,
@@ -18,6 +17,7 @@ from gateway.tunnels.wireguard_common import (
 )
 from gateway.tunnels.wireguard_kernel import WireGuardKernelDriver
 from gateway.tunnels.wireguard_uapi import UAPI_SOCKET_DIR, UapiClient, WireGuardUapiDriver
+from qsgw_lab.netns import NetnsLab
 
 from .conftest import Site, b64, write_secret
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from _requires import require
 
-from gateway.netns import NetnsLab
 from gateway.tunnels.base import TunnelError
 from gateway.tunnels.wireguard_common import WireGuardSettings
 from gateway.tunnels.wireguard_kernel import WireGuardKernelDriver
+from qsgw_lab.netns import NetnsLab
 
 from .conftest import TUNNEL4, Site, b64, started_pair, wg_show
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.netns import NetnsLab
 from gateway.tunnels.base import TunnelDriver, TunnelError
 from gateway.tunnels.wireguard_common import make_wireguard_driver
 from gateway.tunnels.wireguard_uapi import UAPI_SOCKET_DIR, WireGuardUapiDriver
+from qsgw_lab.netns import NetnsLab
 
 from .conftest import (
     TUNNEL4,

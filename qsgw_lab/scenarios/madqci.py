@@ -15,7 +15,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 
-from gateway.scenarios.runner import Event, ScenarioRun
+from qsgw_lab.scenarios.runner import Event, ScenarioRun
 
 HUB_POOL = "madrid-mdi"
 KEY_BITS = 256

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.netns import NetnsLab
-from gateway.scenarios.checks import ConsumedKey, key_reuse_problems
-from gateway.scenarios.spec import Scenario, SiteSpec, TunnelSpec
-from gateway.sitelab import Site, SiteLab, Tunnel
+from qsgw_lab.netns import NetnsLab
+from qsgw_lab.scenarios.checks import ConsumedKey, key_reuse_problems
+from qsgw_lab.scenarios.spec import Scenario, SiteSpec, TunnelSpec
+from qsgw_lab.sitelab import Site, SiteLab, Tunnel
 
 RTT = re.compile(r"time=([\d.]+) ms")
 

@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.scenarios.runner import Event, ScenarioRun
-from gateway.sitelab import Tunnel
-from gateway.telemetry.audit import parse_time
+from gateway.telemetry.audit_records import parse_time
+from qsgw_lab.scenarios.runner import Event, ScenarioRun
+from qsgw_lab.sitelab import Tunnel
 
 SAT_LINK = "lux-singapore-sat"  # the satellite link, and its pool in GET /pools
 FIBRE_LINK = "redu-lux-fibre"

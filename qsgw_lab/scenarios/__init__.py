@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.scenarios.spec import Scenario, load_scenario
+from qsgw_lab.scenarios.spec import Scenario, load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
-# scenario name -> module under gateway.scenarios with its `demo(run, seconds, say)`
+# scenario name -> module under qsgw_lab.scenarios with its `demo(run, seconds, say)`
 SCENARIOS: dict[str, str] = {
     "benelux-mdi": "benelux_mdi",
     "beqci": "beqci",

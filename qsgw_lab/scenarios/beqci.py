@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.scenarios.runner import Event, ScenarioRun
-from gateway.sitelab import Site, Tunnel
+from qsgw_lab.scenarios.runner import Event, ScenarioRun
+from qsgw_lab.sitelab import Site, Tunnel
 
 # The three links, by the scenario's site names: (a, b) of each tunnel.
 GHENT = ("ugenta", "ugentb")

@@ -14,7 +14,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.config import ConfigError, ConfigIssue, _compose, _issue_at, _issues_from
+from gateway.config import ConfigError, ConfigIssue
+from gateway.config.errors import issues_from
+from gateway.config.yamlloc import compose, issue_at
 from kms_client.sim.topology import Topology, TopologyError, load_topology
 
 SITE_NAME = r"^[a-z][a-z0-9]{0,11}$"  # a namespace stem, short enough for interface names
@@ -88,46 +90,46 @@ def load_scenario(path: Path | str) -> Scenario:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([ConfigIssue(file, 0, "", f"cannot read: {exc.strerror}", 0)]) from None
-    data, located, issues = _compose(text, file)
+    data, located, issues = compose(text, file)
     if issues:
         raise ConfigError(issues)
     try:
         doc = _ScenarioFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_issues_from(exc, located, file)) from None
+        raise ConfigError(issues_from(exc, located, file)) from None
     topo_path = (p.parent / doc.topology).resolve()
     try:
         topology = load_topology(topo_path)
     except TopologyError as exc:
-        raise ConfigError([_issue_at(located, file, ("topology",), str(exc))]) from None
+        raise ConfigError([issue_at(located, file, ("topology",), str(exc))]) from None
     problems: list[ConfigIssue] = []
     sae_kme = topology.sae_kme()
     names: set[str] = set()
     for i, s in enumerate(doc.sites):
         if s.name in names:
-            problems.append(_issue_at(located, file, ("sites", i, "name"),
+            problems.append(issue_at(located, file, ("sites", i, "name"),
                                       f"site {s.name!r} appears twice"))
         names.add(s.name)
         if s.sae not in sae_kme:
-            problems.append(_issue_at(located, file, ("sites", i, "sae"),
+            problems.append(issue_at(located, file, ("sites", i, "sae"),
                                       f"SAE {s.sae!r} is not in topology {topology.name}"))
     if len({s.gateway for s in doc.sites}) != len(doc.sites):
-        problems.append(_issue_at(located, file, ("sites",), "gateway IDs must be unique"))
+        problems.append(issue_at(located, file, ("sites",), "gateway IDs must be unique"))
     pairs = {frozenset(pair) for pair in topology.pairs}
     seen: set[frozenset[str]] = set()
     for i, t in enumerate(doc.tunnels):
         a, b = t.between
         where = ("tunnels", i, "between")
         if a == b or a not in names or b not in names:
-            problems.append(_issue_at(located, file, where,
+            problems.append(issue_at(located, file, where,
                                       "must name two different sites of this scenario"))
             continue
         if frozenset(t.between) in seen:
-            problems.append(_issue_at(located, file, where, "a second tunnel for this pair"))
+            problems.append(issue_at(located, file, where, "a second tunnel for this pair"))
         seen.add(frozenset(t.between))
         saes = frozenset((doc_site(doc, a).sae, doc_site(doc, b).sae))
         if saes not in pairs:
-            problems.append(_issue_at(located, file, where,
+            problems.append(issue_at(located, file, where,
                                       f"no QKD route joins {' and '.join(sorted(saes))}"))
     if problems:
         raise ConfigError(problems)

@@ -16,16 +16,16 @@ import tempfile
 from pathlib import Path
 
 from gateway.config import ConfigError
-from gateway.netns import NetnsLab, netns_unavailable_reason
-from gateway.scenarios import SCENARIOS, load
-from gateway.scenarios.runner import ScenarioRun
-from gateway.sitelab import start_demo
+from qsgw_lab.netns import NetnsLab, netns_unavailable_reason
+from qsgw_lab.scenarios import SCENARIOS, load
+from qsgw_lab.scenarios.runner import ScenarioRun
+from qsgw_lab.sitelab import start_demo
 
 PREFIX = "scen"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.scenarios",
+    parser = argparse.ArgumentParser(prog="python -m qsgw_lab.scenarios",
                                      description="Run one seed deployment as a demo.")
     parser.add_argument("name", choices=sorted(SCENARIOS))
     parser.add_argument("--seconds", type=float,
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    module = importlib.import_module(f"gateway.scenarios.{SCENARIOS[args.name]}")
+    module = importlib.import_module(f"qsgw_lab.scenarios.{SCENARIOS[args.name]}")
     seconds = args.seconds or scenario.demo_seconds
     lock = start_demo(PREFIX)  # one demo per prefix; clears a crashed run's leftovers
     if lock is None:

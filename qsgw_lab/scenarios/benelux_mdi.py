@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.scenarios.runner import Event, ScenarioRun
-from gateway.sitelab import Tunnel
-from gateway.telemetry.audit import parse_time
+from gateway.telemetry.audit_records import parse_time
 from gateway.telemetry.key_origin import describe_origin
+from qsgw_lab.scenarios.runner import Event, ScenarioRun
+from qsgw_lab.sitelab import Tunnel
 
 HUB = "HUB_ARLON"  # the untrusted measurement node: not a KME, holds no key
 HUB_LINK = "arlon-mdi"  # the topology's mdi_hub link; pools "arlon-mdi:<KME a>-<KME b>"

@@ -29,6 +29,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from pyroute2 import NetNS, netns
 
+from gateway.netns_probe import netns_unavailable_reason
+
 __all__ = [
     "DEFAULT_PREFIX",
     "Link",
@@ -82,22 +84,6 @@ class Link:
     ifname_a: str
     ns_b: str
     ifname_b: str
-
-
-@functools.cache  # one probe per process: root and netns support do not change
-@_loop_safe
-def netns_unavailable_reason() -> str | None:
-    """Why namespaces cannot be used here, or None when they can."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, veths and wireguard-go)"
-    name = f"{DEFAULT_PREFIX}-probe-{secrets.token_hex(3)}"
-    try:
-        netns.create(name)
-    except OSError as exc:
-        return f"cannot create a network namespace: {exc.strerror or exc}"
-    with contextlib.suppress(OSError):
-        netns.remove(name)
-    return None
 
 
 def require_root() -> None:

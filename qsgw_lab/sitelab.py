@@ -27,7 +27,7 @@ import yaml
 
 from gateway.daemon.status import read_status
 from gateway.identity import PREFIX
-from gateway.netns import LabBusy, NetnsError, NetnsLab, PrefixLock
+from qsgw_lab.netns import LabBusy, NetnsError, NetnsLab, PrefixLock
 
 KME_NS = "kme"
 KME_ADDRESS = "198.51.100.250"

@@ -1,6 +1,6 @@
 """An attacker at a configured peer's address, for tests and bench/flood.py (never the daemon).
 
-`python -m gateway.floodlab --target HOST:PORT --claim PEER --responder GW ...`
+`python -m qsgw_lab.floodlab --target HOST:PORT --claim PEER --responder GW ...`
 runs, for `--seconds`, the worst mix of issue 14 against a control server:
 connections held open without a frame, slow drips, forged INITs (signed with a
 stranger's key) each followed by a flood of frames, and replayed INITs (validly

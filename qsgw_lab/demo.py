@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.netns import NetnsLab, netns_unavailable_reason
-from gateway.sitelab import SiteLab, Tunnel, qsgw_argv, start_demo
+from qsgw_lab.netns import NetnsLab, netns_unavailable_reason
+from qsgw_lab.sitelab import SiteLab, Tunnel, qsgw_argv, start_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"

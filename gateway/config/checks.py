@@ -1,0 +1,88 @@
+"""Config checks across sections and peers (duplicate IDs, ports, own IDs), on the raw data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from gateway.config.values import (
+    HostPort,
+    _parse_hostport,
+)
+from gateway.config.yamlloc import Loc
+
+
+def _get(data: Any, *path: str) -> Any:
+    """A value from the raw data, or None where the path is absent or not a mapping."""
+    for part in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
+    """Checks across sections and peers, each reported at the field that clashes.
+
+    They run on the raw data, so they are reported together with any type errors.
+    """
+    raw_peers = data.get("peers")
+    peers = list(enumerate(raw_peers)) if isinstance(raw_peers, tuple) else []
+
+    def dupes(
+        field: tuple[str, ...], what: str, tunnel_type: str | None = None
+    ) -> Iterator[tuple[Loc, str]]:
+        seen: dict[object, int] = {}
+        for i, peer in peers:
+            if tunnel_type is not None and _get(peer, "tunnel", "type") != tunnel_type:
+                continue
+            value = _get(peer, *field)
+            if value is None or isinstance(value, dict | tuple):
+                continue
+            if value in seen:
+                yield (
+                    ("peers", i, *field),
+                    f"duplicate {what} '{value}' (peers[{seen[value]}] has it too); "
+                    "each peer needs its own",
+                )
+            else:
+                seen[value] = i
+
+    yield from dupes(("id",), "peer id")
+    yield from dupes(("sae_id",), "SAE ID")
+    yield from dupes(("tunnel", "interface"), "interface", "wireguard")
+    yield from dupes(("tunnel", "listen_port"), "WireGuard listen port", "wireguard")
+    yield from dupes(("tunnel", "connection"), "connection", "ipsec")
+    yield from dupes(("tunnel", "ppk_id"), "ppk_id", "ipsec")
+    own_id, own_sae = _get(data, "gateway", "id"), _get(data, "kme", "sae_id")
+    for i, peer in peers:
+        if own_id is not None and _get(peer, "id") == own_id:
+            yield (
+                ("peers", i, "id"),
+                f"'{own_id}' is this gateway's own id (gateway.id); a peer must be another gateway",
+            )
+        if own_sae is not None and _get(peer, "sae_id") == own_sae:
+            yield (
+                ("peers", i, "sae_id"),
+                f"'{own_sae}' is this gateway's own SAE ID (kme.sae_id); give the peer's SAE ID",
+            )
+    metrics = _hostport_or_none(_get(data, "telemetry", "metrics", "listen"))
+    control = _hostport_or_none(_get(data, "control", "listen")) or HostPort("0.0.0.0", 7814)  # noqa: S104
+    wildcards = ("0.0.0.0", "::")  # noqa: S104
+    if (
+        metrics is not None
+        and metrics.port == control.port
+        and (metrics.host == control.host or metrics.host in wildcards or control.host in wildcards)
+    ):
+        yield (
+            ("telemetry", "metrics", "listen"),
+            f"port {metrics.port} is control.listen's too; pick another TCP port",
+        )
+
+
+def _hostport_or_none(value: Any) -> HostPort | None:
+    try:
+        parsed = _parse_hostport(value)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, HostPort) else None

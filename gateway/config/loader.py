@@ -1,0 +1,81 @@
+"""Loading the config: YAML text or a file -> a validated `GatewayConfig`, or `ConfigError`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import (
+    ValidationError,
+)
+
+from gateway.config.checks import _cross_checks
+from gateway.config.errors import ConfigError, ConfigIssue, issues_from
+from gateway.config.models_gateway import GatewayConfig
+from gateway.config.yamlloc import compose, issue_at
+
+DEFAULT_CONFIG_PATH = Path("/etc/qsgw/gateway.yaml")
+
+
+def parse_config(
+    text: str, file: str = "<config>", *, base_dir: Path | None = None, check_files: bool = True
+) -> GatewayConfig:
+    """Validate YAML text; `file` names it in errors, `base_dir` anchors relative paths."""
+    data, located, issues = compose(text, file)
+    if data is None:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    file,
+                    1,
+                    "",
+                    "the config is empty; it needs at least the gateway: and kme: sections",
+                    1,
+                )
+            ]
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [
+                issue_at(
+                    located,
+                    file,
+                    (),
+                    "the config must be a mapping with the "
+                    "sections gateway, control, kme, peers, telemetry",
+                )
+            ]
+        )
+    context = {"base_dir": base_dir, "check_files": check_files}
+    issues.extend(issue_at(located, file, loc, msg) for loc, msg in _cross_checks(data))
+    try:
+        cfg = GatewayConfig.model_validate(data, context=context)
+    except ValidationError as exc:
+        issues.extend(issues_from(exc, located, file))
+        raise ConfigError(_sorted(issues)) from None
+    if issues:
+        raise ConfigError(_sorted(issues))
+    return cfg
+
+
+def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    return sorted(issues, key=lambda i: (i.line, i.column, i.field))
+
+
+def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> GatewayConfig:
+    """Load and validate the gateway config at `path`; raises `ConfigError` listing every problem.
+
+    `check_files=False` skips the checks that files exist and have safe modes (for
+    configs whose files are made later); paths are still resolved.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigIssue(str(p), 0, "", "config file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            [ConfigIssue(str(p), 0, "", f"cannot read the config: {reason}")]
+        ) from None
+    return parse_config(text, str(p), base_dir=p.resolve().parent, check_files=check_files)
