@@ -58,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
         findings = doctor.everything()
     gaps = doctor.setup_gaps(findings)
     if args.json:
-        doc = {"findings": [f.as_dict() for f in findings], "setup_complete": not gaps}
+        doc: dict[str, object] = {"findings": [f.as_dict() for f in findings],
+                                  "setup_complete": not gaps}
+        if args.crypto:
+            doc["crypto"] = json.loads(_crypto_inventory(as_json=True))
         print(json.dumps(doc, indent=2))
     else:
         print(format_table(findings))
@@ -70,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{len(others)} other gap(s), not fatal (kernel modules, broker, clock, files, "
                   "or a setup step still to come): "
                   + ", ".join(f.check for f in others))
-    if args.crypto:
-        print(_crypto_inventory(args.json))
+    if args.crypto and not args.json:
+        print(_crypto_inventory(as_json=False))
     return 1 if gaps else 0

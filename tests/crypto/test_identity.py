@@ -92,7 +92,7 @@ def test_keygen_writes_0600_and_refuses_overwrite(
 def test_load_refuses_group_readable_keys(tmp_path: Path) -> None:
     LocalIdentity.generate().save(tmp_path)
     (tmp_path / "mldsa65.key").chmod(0o640)
-    with pytest.raises(IdentityError, match="0600"):
+    with pytest.raises(IdentityError, match="chmod 600"):
         LocalIdentity.load(tmp_path)
 
 

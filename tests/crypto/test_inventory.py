@@ -29,9 +29,10 @@ def test_every_suite_and_algorithm_is_listed_with_provider_and_status() -> None:
 
 def test_cli_prints_json_with_library_versions() -> None:
     require_liboqs()
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "crypto-inventory", "--json"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-    doc = json.loads(out)  # nothing else on stdout (liboqs-python's own log line included)
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "doctor", "--crypto", "--json"],
+                         capture_output=True, text=True, timeout=120).stdout
+    # One JSON document, nothing else on stdout (liboqs-python's own log line included).
+    doc = json.loads(out)["crypto"]
     libs = doc["libraries"]
     assert libs["liboqs"] == "0.16.0" and libs["liboqs-python"] == "0.16.0.1"
     assert "OpenSSL" in libs["openssl (cryptography)"] and libs["cryptography"]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from _requires import require
 
-from gateway.sitelab import Site, SiteLab, Tunnel
+from qsgw_lab.sitelab import Site, SiteLab, Tunnel
 
 pytestmark = pytest.mark.netns
 
@@ -149,7 +149,7 @@ def test_ipsec_with_ike_dropped_is_down_then_recovers(sitelab: SiteLab) -> None:
 
 
 def _qsgw() -> list[str]:
-    from gateway.sitelab import qsgw_argv
+    from qsgw_lab.sitelab import qsgw_argv
 
     return qsgw_argv()
 

@@ -88,7 +88,8 @@ def test_rotations_keep_traffic_and_match_psks(sitelab: SiteLab) -> None:
     seen: dict[int, str] = {}
     deadline = time.monotonic() + 45
     while len(seen) < 10 and time.monotonic() < deadline:
-        epoch = _wait_epoch(sitelab, a, b, first + len(seen), 20)
+        # The next epoch after the last one seen (epochs may pass while reading).
+        epoch = _wait_epoch(sitelab, a, b, max(seen, default=first - 1) + 1, 20)
         psk_a = sitelab.preshared_key(a, t.if_a)
         psk_b = sitelab.preshared_key(b, t.if_b)
         if epoch != _epoch(sitelab, a, b.gateway_id):
