@@ -51,6 +51,10 @@ def format_table(doc: dict[str, Any]) -> str:
     lines = [f"gateway {doc.get('gateway')}  uptime {_age(doc.get('uptime_s'))}"]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
               for r in rows]
+    if doc.get("journal_lost"):  # fail closed: no epoch until restored and restarted
+        lines.append(f"ALARM journal_lost: {doc['journal_lost']}")
+    if doc.get("control_flood"):
+        lines.append("ALARM control_flood: refused control connections above the threshold")
     return "\n".join(lines)
 
 
