@@ -26,10 +26,17 @@ from gateway.journal_guard import read_record, write_record
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH,
                         help=f"gateway config (default {DEFAULT_CONFIG_PATH})")
+    # -c also after the action, as `qsgw run` prints it (`qsgw journal set-epoch -c ...`).
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
+                       help="gateway config (as before the action)")
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("show", help="each peer's last epoch, and what the signed record says")
-    sub.add_parser("export", help="the journal as JSON (epochs and consumed key_IDs)")
-    se = sub.add_parser("set-epoch", help="raise a peer's epoch (never lowers it)")
+    sub.add_parser("show", parents=[after],
+                   help="each peer's last epoch, and what the signed record says")
+    sub.add_parser("export", parents=[after],
+                   help="the journal as JSON (epochs and consumed key_IDs)")
+    se = sub.add_parser("set-epoch", parents=[after],
+                        help="raise a peer's epoch (never lowers it)")
     se.add_argument("--peer", required=True, help="the peer's gateway ID")
     se.add_argument("--epoch", required=True, type=int, help="the new last epoch")
     se.add_argument("--create", action="store_true",

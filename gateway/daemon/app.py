@@ -68,6 +68,7 @@ class GatewayDaemon:
         self._journal: Journal | None = None
         self._telemetry: Telemetry | None = None
         self._ctx: DaemonContext | None = None
+        self._admission: InitAdmission | None = None
         self._allowed: set[str] = set()
         self._peer_addresses: dict[str, set[str]] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -115,7 +116,7 @@ class GatewayDaemon:
         self._ctx = DaemonContext(cfg, identity, self._journal, keys, self._telemetry)
         self._refresh_allowed()
         journal = self._journal
-        admission = InitAdmission(
+        admission = self._admission = InitAdmission(
             cfg.gateway.id, cfg.control.timestamp_window_s,
             lambda peer: self._peer_addresses.get(peer, set()), journal.last_epoch)
         self._control = ControlServer(
@@ -196,6 +197,8 @@ class GatewayDaemon:
         assert self._ctx is not None
         self._ctx.config = self.config
         self._refresh_allowed()
+        if self._admission is not None:  # a removed peer's admitted INITs are not kept
+            self._admission.forget(p.id for p in diff.removed)
         for peer in (*diff.removed, *diff.changed):
             session = self.sessions.pop(peer.id, None)
             if session is not None:

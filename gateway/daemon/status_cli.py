@@ -55,8 +55,13 @@ def format_table(doc: dict[str, Any]) -> str:
     for p in doc.get("peers", []):
         if p.get("state") == "down":
             lines.append(f"  {p['peer']}: tunnel down: {p.get('tunnel_detail') or '?'}")
+    if doc.get("journal_lost"):  # fail closed: no epoch until restored and restarted
+        lines.append(f"ALARM journal_lost: {doc['journal_lost']}")
+    if doc.get("control_flood"):
+        lines.append("ALARM control_flood: refused control connections above the threshold")
     for a in doc.get("alarms", []):
-        lines.append(f"alarm {a['alarm']} ({a['severity']}) {a['subject']}: {a['detail']}")
+        if a["alarm"] not in ("journal_lost", "control_flood"):  # said just above
+            lines.append(f"ALARM {a['alarm']} ({a['severity']}) {a['subject']}: {a['detail']}")
     return "\n".join(lines)
 
 

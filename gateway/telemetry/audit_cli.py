@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "must reach it unchanged (needs --identity)",
     )
     v.add_argument(
+        "--checkpoint-from-broker",
+        type=Path,
+        metavar="CONFIG",
+        help="fetch the newest checkpoint retained on the MQTT broker of this gateway config "
+        "(its telemetry.mqtt settings and gateway id); needs --identity",
+    )
+    v.add_argument(
         "--partial",
         action="store_true",
         help="the oldest files were archived: the chain may start after seq 0",
@@ -82,6 +89,18 @@ def _verify(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"error: checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
             return 2
+        problems = check_checkpoint(doc, iter_records(args.files), verifier)
+    elif args.checkpoint_from_broker is not None:
+        from gateway.config import ConfigError
+        from gateway.telemetry.checkpoint_fetch import CheckpointFetchError, fetch_for_config
+
+        try:
+            doc = fetch_for_config(args.checkpoint_from_broker)
+        except (ConfigError, CheckpointFetchError, ValueError, OSError) as exc:
+            print(f"error: checkpoint from the broker: {exc}", file=sys.stderr)
+            return 2
+        print(f"checkpoint from the broker: {doc.get('records')} records, "
+              f"written {doc.get('time')}")
         problems = check_checkpoint(doc, iter_records(args.files), verifier)
     for b in result.breaks:
         print(b)

@@ -89,7 +89,7 @@ def test_wireguard_wrong_peer_key_is_down_spends_no_more_keys_and_recovers(
     assert ("tunnel_down", b.gateway_id) in _alarms(sitelab, a)
     text = subprocess.run([*_qsgw(), "status", "-s", str(a.status_socket)], capture_output=True,
                           text=True, timeout=10).stdout
-    assert "tunnel down:" in text and "alarm tunnel_down" in text
+    assert "tunnel down:" in text and "ALARM tunnel_down" in text
 
     # Keys spent while broken: no more than a healthy tunnel's, one per rekey interval.
     before, started = _keys_for(sitelab, a.sae_id), time.monotonic()
