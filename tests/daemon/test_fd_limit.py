@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from _requires import require
 
-from gateway.netns import NetnsLab
-from gateway.sitelab import CONTROL_PORT, Site, SiteLab, qsgw_argv
+from qsgw_lab.netns import NetnsLab
+from qsgw_lab.sitelab import CONTROL_PORT, Site, SiteLab, qsgw_argv
 
 from .conftest import TOPOLOGY, _dump_logs_on_failure
 
@@ -77,7 +77,7 @@ def test_a_flood_at_the_descriptor_limit_backs_off_and_the_peer_rekeys(fdlab: Si
     e0 = _epoch(fdlab, b, a)
     seconds = 16.0
     attacker = fdlab.lab.popen(a.name, [
-        sys.executable, "-m", "gateway.floodlab",
+        sys.executable, "-m", "qsgw_lab.floodlab",
         "--target", f"{b.underlay_ip}:{CONTROL_PORT}", "--claim", a.gateway_id,
         "--responder", b.gateway_id, "--identity-dir", str(a.dir / "identity"),
         "--seconds", str(seconds), "--rate", "40", "--holders", "24",

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from _requires import require
 
-from gateway.netns import NetnsLab
-from gateway.sitelab import Site, SiteLab, qsgw_argv
+from qsgw_lab.netns import NetnsLab
+from qsgw_lab.sitelab import Site, SiteLab, qsgw_argv
 
 from .conftest import TOPOLOGY, _dump_logs_on_failure, two_sites
 
