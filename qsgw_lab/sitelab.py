@@ -44,6 +44,7 @@ class Site:
     underlay_ip: str
     dir: Path = field(default_factory=Path)
     identity_text: str = ""
+    static_kem_pin: dict[str, str] | None = None  # what peers pin (keygen --static-kem)
     peers: list[dict[str, Any]] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     charon: Any = None
@@ -133,17 +134,25 @@ class SiteLab:
         self.lab.attach(KME_NS, [f"{KME_ADDRESS}/24"])
         self._core_ready = True
 
-    def add_site(self, name: str, gateway_id: str, sae_id: str, kme_id: str) -> Site:
+    def add_site(self, name: str, gateway_id: str, sae_id: str, kme_id: str,
+                 static_kem: str | None = None) -> Site:
         self._core()
         ip = f"{UNDERLAY_PREFIX}{len(self.sites) + 1}"
         site = Site(name, gateway_id, sae_id, kme_id, ip, self.workdir / name)
         site.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.lab.add_namespace(name)
         self.lab.attach(name, [f"{ip}/24"])
-        out = subprocess.run(qsgw_argv("keygen", "--out", str(site.dir / "identity")),
-                             capture_output=True, text=True, check=True, timeout=30)
+        extra = ("--static-kem", static_kem) if static_kem else ()
+        out = subprocess.run(qsgw_argv("keygen", "--out", str(site.dir / "identity"), *extra),
+                             capture_output=True, text=True, check=True, timeout=60)
         site.identity_text = next(line.strip() for line in out.stdout.splitlines()
                                   if line.strip().startswith(PREFIX))
+        pin = next((line for line in out.stdout.splitlines() if line.startswith("static_kem:")),
+                   None)
+        if pin is not None:
+            got = yaml.safe_load(pin)["static_kem"]
+            site.static_kem_pin = {"public_file": str(site.dir / "identity" / got["public_file"]),
+                                   "sha256": got["sha256"]}
         self.sites[name] = site
         return site
 
@@ -173,6 +182,19 @@ class SiteLab:
             }))
         self.tunnels.append(t)
         return t
+
+    def set_suite(self, suite: str) -> None:
+        """Every peer entry uses `suite`; a peer site with a static KEM key is pinned
+        (its .pub copied beside the config, as an operator would)."""
+        by_id = {s.gateway_id: s for s in self.sites.values()}
+        for site in self.sites.values():
+            for peer in site.peers:
+                peer["suite"] = suite
+                pin = by_id[peer["id"]].static_kem_pin
+                if pin is not None:
+                    copy = site.dir / f"{peer['id']}.static-kem.pub"
+                    copy.write_bytes(Path(pin["public_file"]).read_bytes())
+                    peer["static_kem"] = {"public_file": str(copy), "sha256": pin["sha256"]}
 
     def _charon(self, site: Site) -> Any:
         """This site's private charon (kernel-libipsec: userspace ESP over TUN)."""

@@ -35,7 +35,10 @@ class GatewaySettings(_Model):
     @field_validator("identity_dir")
     @classmethod
     def _identity(cls, value: Path, info: ValidationInfo) -> Path:
-        return _identity_dir(value, info)
+        _identity_dir(value, info)
+        if isinstance(info.context, dict):  # for the peers' static-key check
+            info.context["identity_dir"] = value
+        return value
 
     @field_validator("state_dir")
     @classmethod

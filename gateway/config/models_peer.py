@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -14,9 +14,12 @@ from gateway.config.models_tunnels import Tunnel
 from gateway.config.values import (
     HostPortField,
     Name,
+    PathField,
     SaeId,
     Seconds,
+    _check_files,
     _Model,
+    _secret_file,
 )
 
 
@@ -33,6 +36,50 @@ class BackoffSettings(_Model):
         return value
 
 
+class StaticKemPin(_Model):
+    """The peer's static McEliece public key: its file and that file's SHA-256."""
+
+    public_file: PathField
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _check_static_kem(pin: StaticKemPin | None, info: ValidationInfo) -> StaticKemPin | None:
+    """A McEliece suite needs the peer's key pinned and this gateway's own key made."""
+    from gateway import static_kem as sk
+    from gateway.crypto.suites import SuiteError, lookup_suite
+
+    try:
+        suite = lookup_suite(info.data["suite"])
+    except (KeyError, SuiteError):
+        return pin  # the suite's own error says what is wrong
+    kem = sk.suite_static_kem(suite)
+    if kem is None:
+        if pin is not None:
+            raise ValueError(f"only the McEliece suites use a static key; suite "
+                             f"{suite.name!r} does not: remove static_kem")
+        return None
+    make = f"`qsgw keygen --out DIR --static-kem {suite.name}`"
+    if pin is None:
+        raise ValueError(
+            f"required with suite {suite.name!r}: the peer's static {kem} public key, "
+            f"{{public_file: FILE, sha256: HEX}} as printed by {make} on the peer")
+    if not _check_files(info):
+        return pin
+    try:
+        sk.load_pinned(pin.public_file, pin.sha256, kem)
+    except sk.StaticKemError as exc:
+        raise ValueError(str(exc)) from None
+    identity_dir = (info.context or {}).get("identity_dir")
+    if identity_dir is not None:
+        for own in sk.key_files(identity_dir, kem):
+            if not own.exists():
+                raise ValueError(
+                    f"suite {suite.name!r} needs this gateway's own static {kem} key: {own} "
+                    f"is missing (make it with {make.replace('DIR', str(identity_dir))})")
+        _secret_file(sk.key_files(identity_dir, kem)[0], info)
+    return pin
+
+
 class PeerConfig(_Model):
     id: Name
     sae_id: SaeId
@@ -46,6 +93,8 @@ class PeerConfig(_Model):
     key_lifetime_s: Seconds = 300.0
     retry_backoff_s: BackoffSettings = Field(default_factory=BackoffSettings)
     suite: str = "default"
+    # McEliece suites: the peer's static public key, pinned (gateway/static_kem.py).
+    static_kem: StaticKemPin | None = Field(default=None, validate_default=True)
     tunnel: Tunnel
 
     @field_validator("identity")
@@ -81,15 +130,12 @@ class PeerConfig(_Model):
         except ImportError:  # pragma: no cover - only while the module is being written
             return value
         try:
-            suite = lookup_suite(value)
+            lookup_suite(value)
         except SuiteError as exc:
             raise ValueError(str(exc)) from None
-        if suite.static_kems:
-            # The handshake supports pinned static McEliece keys; provisioning them
-            # through the config (keygen, pinning) is not there yet: refuse, don't crash.
-            raise ValueError(
-                f"suite {value!r} needs a pinned static {', '.join(sorted(suite.static_kems))} "
-                "key per gateway, which the config cannot provision yet; use frodo1344shake "
-                "or frodo1344aes for a conservative (unstructured-lattice) KEM"
-            )
         return value
+
+    @field_validator("static_kem")
+    @classmethod
+    def _static_kem(cls, value: StaticKemPin | None, info: ValidationInfo) -> Any:
+        return _check_static_kem(value, info)

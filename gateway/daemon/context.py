@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from gateway import static_kem
 from gateway.config import GatewayConfig, PeerConfig
-from gateway.crypto.suites import lookup_suite
+from gateway.crypto.providers import KemKeyPair
+from gateway.crypto.suites import Suite, lookup_suite
 from gateway.handshake import HandshakeParams, QkdPolicy
 from gateway.identity import LocalIdentity, PublicIdentity
 from gateway.journal import Journal
@@ -21,6 +24,8 @@ class DaemonContext:
     journal: Journal
     keys: KeySupply
     telemetry: Telemetry
+    # Static McEliece keys (0.5-1 MB) read once, not per session: by file and pin.
+    _static_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 
     @property
     def gateway_id(self) -> str:
@@ -31,13 +36,36 @@ class DaemonContext:
         return self.config.control.max_frame_bytes
 
     def handshake_params(self, peer: PeerConfig) -> HandshakeParams:
+        suite = lookup_suite(peer.suite)
+        mine, theirs = self._static_keys(peer, suite)
         return HandshakeParams(
             local_id=self.gateway_id,
             peer_id=peer.id,
             identity=self.identity,
             peer_identity=PublicIdentity.from_text(peer.identity),
-            suite=lookup_suite(peer.suite),
+            suite=suite,
             qkd_policy=QkdPolicy(peer.qkd),
             qkd_key_count=peer.qkd_keys_per_epoch,
             timestamp_window_s=self.config.control.timestamp_window_s,
+            static_kem_keys=mine,
+            peer_static_kem_keys=theirs,
         )
+
+    def _static_keys(
+        self, peer: PeerConfig, suite: Suite
+    ) -> tuple[dict[str, KemKeyPair], dict[str, bytes]]:
+        """This gateway's static pair and the peer's pinned public key (McEliece
+        suites; the config has checked both exist); raises StaticKemError."""
+        kem = static_kem.suite_static_kem(suite)
+        if kem is None or peer.static_kem is None:
+            return {}, {}
+        identity_dir = self.config.gateway.identity_dir
+        mine_key = ("own", identity_dir, kem)
+        if mine_key not in self._static_cache:
+            self._static_cache[mine_key] = static_kem.load_pair(identity_dir, kem)
+        pin = peer.static_kem
+        theirs_key = ("peer", pin.public_file, pin.sha256, kem)
+        if theirs_key not in self._static_cache:
+            self._static_cache[theirs_key] = static_kem.load_pinned(
+                pin.public_file, pin.sha256, kem)
+        return {kem: self._static_cache[mine_key]}, {kem: self._static_cache[theirs_key]}

@@ -522,14 +522,3 @@ def test_long_plain_path_is_not_taken_for_a_key(write_config: WriteConfig) -> No
     text = BASE.replace("private_key_file: wg/wg-b.key", f"private_key_file: {long_path}")
     tunnel = load_config(write_config(text), check_files=False).peers[0].tunnel
     assert isinstance(tunnel, WireGuardTunnel) and str(tunnel.private_key_file) == long_path
-
-
-
-def test_static_key_suite_is_refused_until_it_can_be_provisioned(write_config: WriteConfig
-                                                                  ) -> None:
-    from tests.liboqs_gate import require_liboqs
-
-    require_liboqs()
-    e = the_error(write_config(BASE.replace("suite: default", "suite: mceliece460896f")),
-                  "peers[0].suite")
-    assert "static Classic-McEliece-460896f" in e.message and "frodo1344" in e.message

@@ -106,3 +106,43 @@ def test_signatures_verify_only_with_both_keys() -> None:
     assert ML_DSA_65.verify(pub.mldsa65, sig_ml, b"msg", b"ctx")
     assert not ML_DSA_65.verify(pub.mldsa65, sig_ml, b"msg", b"other")
     assert not ED25519.verify(pub.ed25519, sig_ed, b"msg", b"other")
+
+
+def test_keygen_static_kem_writes_the_pair_and_prints_its_pin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    from tests.liboqs_gate import require_liboqs
+
+    require_liboqs()
+    out = tmp_path / "id"
+    assert _keygen(out) == 0
+    before = (out / "ed25519.key").read_bytes()
+    capsys.readouterr()
+    assert _keygen(out, "--static-kem", "mceliece460896f") == 0
+    printed = capsys.readouterr().out
+    assert (out / "ed25519.key").read_bytes() == before  # the identity is kept
+    secret, public = out / "classic-mceliece-460896f.key", out / "classic-mceliece-460896f.pub"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(public.read_bytes()) == 524_160
+    digest = hashlib.sha256(public.read_bytes()).hexdigest()
+    assert f"static_kem: {{public_file: {public.name}, sha256: {digest}}}" in printed
+    # A second run refuses to replace the key (the peer pinned it) unless --force.
+    assert _keygen(out, "--static-kem", "Classic-McEliece-460896f") == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert hashlib.sha256(public.read_bytes()).hexdigest() == digest
+    assert _keygen(out, "--static-kem", "Classic-McEliece-460896f", "--force") == 0
+    assert hashlib.sha256(public.read_bytes()).hexdigest() != digest
+
+
+def test_keygen_static_kem_refuses_a_non_static_kem_before_making_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.liboqs_gate import require_liboqs
+
+    require_liboqs()
+    assert _keygen(tmp_path / "id", "--static-kem", "hqc3") == 1
+    err = capsys.readouterr().err
+    assert "not a static KEM" in err and "Classic-McEliece-460896f" in err
+    assert not (tmp_path / "id").exists()

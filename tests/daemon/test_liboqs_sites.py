@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+from _requires import require
+
+from qsgw_lab.netns import NetnsLab
 from qsgw_lab.sitelab import SiteLab
 from tests.liboqs_gate import require_liboqs
+
+from .conftest import TOPOLOGY, _dump_logs_on_failure
 
 pytestmark = pytest.mark.netns
 
@@ -14,12 +22,40 @@ pytestmark = pytest.mark.netns
                                             ("hqc3", "HQC-3")])
 def test_liboqs_suite_keys_a_wireguard_tunnel(sitelab: SiteLab, suite: str, kem: str) -> None:
     require_liboqs()
-    a = sitelab.add_site("inta", "gw-inta", "SAE_INTA_GW", "KME_INTA")
-    b = sitelab.add_site("sgsics", "gw-sgsics", "SAE_SGSICS_GW", "KME_SGSICS")
+    _keys_a_tunnel(sitelab, suite, ["QKD", kem, "X25519"])
+
+
+@pytest.fixture
+def mce_sitelab() -> Iterator[SiteLab]:
+    """A lab of its own prefix (qsmce), so it never collides with other labs."""
+    require("netns", "wireguard-go", "wg", "ping", "tun")
+    with tempfile.TemporaryDirectory(prefix="qsgw-mce-") as tmp, \
+            NetnsLab(prefix="qsmce") as lab:
+        sites = SiteLab(lab, Path(tmp), TOPOLOGY)
+        try:
+            yield sites
+        finally:
+            sites.close()
+            _dump_logs_on_failure(Path(tmp))
+
+
+def test_mceliece_static_keys_made_by_keygen_key_a_wireguard_tunnel(
+    mce_sitelab: SiteLab,
+) -> None:
+    """Each site's static McEliece key made by `qsgw keygen --static-kem`, pinned by the other."""
+    require_liboqs()
+    _keys_a_tunnel(mce_sitelab, "mceliece460896f",
+                   ["QKD", "Classic-McEliece-460896f", "ML-KEM-768", "X25519"],
+                   static_kem="mceliece460896f")
+
+
+def _keys_a_tunnel(sitelab: SiteLab, suite: str, sources: list[str],
+                   static_kem: str | None = None) -> None:
+    a = sitelab.add_site("inta", "gw-inta", "SAE_INTA_GW", "KME_INTA", static_kem=static_kem)
+    b = sitelab.add_site("sgsics", "gw-sgsics", "SAE_SGSICS_GW", "KME_SGSICS",
+                         static_kem=static_kem)
     t = sitelab.add_wireguard_tunnel(a, b, "required", 2.0, 8.0)
-    for site in (a, b):
-        for peer in site.peers:
-            peer["suite"] = suite
+    sitelab.set_suite(suite)
     sitelab.start_simulator()
     for site in (a, b):
         sitelab.write_config(site)
@@ -33,7 +69,7 @@ def test_liboqs_suite_keys_a_wireguard_tunnel(sitelab: SiteLab, suite: str, kem:
         f"{suite}: no second epoch: {sitelab.peer_status(a, b.gateway_id)}")
     status = sitelab.peer_status(a, b.gateway_id)
     assert status is not None
-    assert status["sources"] == ["QKD", kem, "X25519"], status
+    assert status["sources"] == sources, status
     psk_a, psk_b = sitelab.preshared_key(a, t.if_a), sitelab.preshared_key(b, t.if_b)
     if sitelab.peer_status(a, b.gateway_id) == status:  # not rotated while reading
         assert psk_a and psk_a != "(none)" and psk_a == psk_b
