@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from typing import Any
 
 from qsgw_lab.netns import NetnsLab, netns_unavailable_reason
 from qsgw_lab.sitelab import SiteLab, Tunnel, qsgw_argv, start_demo
+from qsgw_lab.verdict import PingTally, clip, keep_logs, once_only_check, why
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"
@@ -85,9 +87,14 @@ def _print_alarms(proc: subprocess.Popen[str]) -> None:
               f"{event.get('detail', '')[:70]}", flush=True)
 
 
-def _row(sites: SiteLab, t: Tunnel, elapsed: float) -> str:
+def _label(t: Tunnel) -> str:
+    return f"{t.a.gateway_id} -> {t.b.gateway_id} ({'wg' if t.kind == 'wireguard' else 'ike'})"
+
+
+def _row(sites: SiteLab, t: Tunnel, elapsed: float, pings: PingTally) -> str:
     st: dict[str, Any] | None = sites.peer_status(t.a, t.b.gateway_id)
     ping = _ping(sites.lab, t.a.name, t.ip_b, t.ip_a if t.kind == "ipsec" else None)
+    pings.record(_label(t), ping != "lost")
     if st is None:
         return f"{elapsed:5.0f}s  {t.a.gateway_id} -> {t.b.gateway_id}: daemon not answering"
     age = "-" if st["key_age_s"] is None else f"{st['key_age_s']:.0f}s"
@@ -95,9 +102,9 @@ def _row(sites: SiteLab, t: Tunnel, elapsed: float) -> str:
     err = st.get("last_error") or ""
     if st.get("installed_at") and (st.get("last_error_at") or 0) < st["installed_at"]:
         err = ""  # an error older than the key in use is history
-    name = f"{t.a.gateway_id} -> {t.b.gateway_id} ({'wg' if t.kind == 'wireguard' else 'ike'})"
-    return (f"{elapsed:5.0f}s  {name:30} {st['policy']:9} "
-            f"{st['state']:9} {st['epoch']:5}  {age:>5}  {sources:22} {ping:>9}  {err[:48]}")
+    return (f"{elapsed:5.0f}s  {_label(t):30} {st['policy']:9} "
+            f"{st['state']:9} {st['epoch']:5}  {age:>5}  {sources:22} {ping:>9}  "
+            f"{clip(err, 48)}")
 
 
 def main() -> int:
@@ -112,8 +119,10 @@ def main() -> int:
     lock = start_demo(DEMO_PREFIX)  # one demo at a time; clears a killed demo's leftovers
     if lock is None:
         return 1
-    with lock, tempfile.TemporaryDirectory(prefix="qsgw-demo-") as tmp, \
-            NetnsLab(prefix=DEMO_PREFIX) as lab:
+    failures: list[str] = []
+    pings = PingTally()
+    tmp = tempfile.mkdtemp(prefix="qsgw-demo-")
+    with lock, NetnsLab(prefix=DEMO_PREFIX) as lab:
         sites = SiteLab(lab, Path(tmp), TOPOLOGY)
         try:
             print("qsgw demo: MadQCI, hub INTA with branches SGSICS and UPM (WireGuard) "
@@ -162,19 +171,30 @@ def main() -> int:
                 if line % 12 == 0:
                     print(header)
                 for t in tunnels:
-                    print(_row(sites, t, elapsed), flush=True)
+                    print(_row(sites, t, elapsed, pings), flush=True)
                 line += 1
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
-            _summary(sites)
+            failures = _summary(sites, tunnels, pings)
         except KeyboardInterrupt:
             print("\ninterrupted: cleaning up")
+            failures = ["interrupted"]
+        except Exception as exc:
+            failures = [f"the demo itself failed: {type(exc).__name__}: {exc}"]
+            raise
         finally:
             sites.close()
+            if failures:
+                print(f"\nFAILED: {len(failures)} problem(s):")
+                print("\n".join(f"  {f}" for f in failures))
+                print(f"configs and logs kept in {keep_logs(Path(tmp), 'demo')}")
+            shutil.rmtree(tmp, ignore_errors=True)
     print("demo finished: namespaces, daemons, wireguard-go and the simulator are gone")
-    return 0
+    return 1 if failures else 0
 
 
-def _summary(sites: SiteLab) -> None:
+def _summary(sites: SiteLab, tunnels: list[Tunnel], pings: PingTally) -> list[str]:
+    """Print the end summary; return what failed (a tunnel that never carried a
+    ping, a QKD key used twice), one line each."""
     print("\nsummary (from `qsgw status --json` of each site):")
     for site in sites.sites.values():
         doc = sites.status(site)
@@ -185,8 +205,15 @@ def _summary(sites: SiteLab) -> None:
             print(f"  {site.gateway_id} -> {p['peer']}: {p['epochs_made']} epochs, "
                   f"now {p['state']}, epoch {p['epoch']}, "
                   f"sources {'+'.join(p['sources']) or '-'}")
+    for t in tunnels:
+        print(f"  {_label(t)}: {pings.line(_label(t))}")
     delivered = len(sites.delivered("SAE_INTA_GW"))
     print(f"  QKD keys delivered by the simulator to the hub: {delivered}")
+    line, problems = once_only_check(sites)
+    print(line.replace("  QKD", "  once-only key check: QKD", 1))
+    failures = [f"{_label(t)} never carried a ping: {why(sites.peer_status(t.a, t.b.gateway_id))}"
+                for t in tunnels if _label(t) in pings.silent()]
+    return failures + [f"key reuse: {p}" for p in problems]
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from qsgw_lab.netns import NetnsLab, netns_unavailable_reason
 from qsgw_lab.scenarios import SCENARIOS, load
 from qsgw_lab.scenarios.runner import ScenarioRun
 from qsgw_lab.sitelab import start_demo
+from qsgw_lab.verdict import keep_logs
 
 PREFIX = "scen"
 
@@ -47,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     lock = start_demo(PREFIX)  # one demo per prefix; clears a crashed run's leftovers
     if lock is None:
         return 1
-    with lock, tempfile.TemporaryDirectory(prefix=f"qsgw-{args.name}-") as tmp, \
-            NetnsLab(prefix=PREFIX) as lab:
+    failures: list[str] = []
+    tmp = tempfile.mkdtemp(prefix=f"qsgw-{args.name}-")
+    with lock, NetnsLab(prefix=PREFIX) as lab:
         run = ScenarioRun(scenario, lab, Path(tmp), broker=False)
         try:
             print(f"qsgw scenario {scenario.name}: {scenario.title}")
@@ -58,12 +61,22 @@ def main(argv: list[str] | None = None) -> int:
             module.demo(run, seconds, print)
             print("\nsummary:")
             print("\n".join(run.summary()))
+            failures = run.failures()
         except KeyboardInterrupt:
             print("\ninterrupted: cleaning up")
+            failures = ["interrupted"]
+        except Exception as exc:
+            failures = [f"the scenario itself failed: {type(exc).__name__}: {exc}"]
+            raise
         finally:
             run.close()
+            if failures:
+                print(f"\nFAILED: {len(failures)} problem(s):")
+                print("\n".join(f"  {f}" for f in failures))
+                print(f"configs and logs kept in {keep_logs(Path(tmp), args.name)}")
+            shutil.rmtree(tmp, ignore_errors=True)
     print("scenario finished: namespaces, daemons, tunnels and the simulator are gone")
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

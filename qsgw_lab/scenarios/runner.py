@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from qsgw_lab.netns import NetnsLab
 from qsgw_lab.scenarios.checks import ConsumedKey, key_reuse_problems
 from qsgw_lab.scenarios.spec import Scenario, SiteSpec, TunnelSpec
 from qsgw_lab.sitelab import Site, SiteLab, Tunnel
+from qsgw_lab.verdict import PingTally, clip, consumed_keys, once_only_check, why
 
 RTT = re.compile(r"time=([\d.]+) ms")
 
@@ -46,6 +46,7 @@ class ScenarioRun:
         self.tunnels: dict[frozenset[str], Tunnel] = {}
         self.specs: dict[frozenset[str], TunnelSpec] = {}
         self.started = 0.0
+        self.pings = PingTally()
 
     # ------------------------------------------------------------------ building
 
@@ -143,21 +144,7 @@ class ScenarioRun:
 
     def consumed_keys(self) -> dict[str, list[ConsumedKey]]:
         """Each gateway's journal of consumed QKD key_IDs (read-only)."""
-        out: dict[str, list[ConsumedKey]] = {}
-        for site in self.sites.values():
-            path = site.dir / "state" / "journal.db"
-            if not path.exists():
-                out[site.gateway_id] = []
-                continue
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            try:
-                rows = db.execute("SELECT key_id, peer_id, epoch FROM key_ids").fetchall()
-            finally:
-                db.close()
-            out[site.gateway_id] = [ConsumedKey(site.gateway_id, str(k), str(p),
-                                                None if e is None else int(e))
-                                    for k, p, e in rows]
-        return out
+        return consumed_keys(self.sites.values())
 
     def key_reuse_problems(self, consumed: dict[str, list[ConsumedKey]] | None = None
                            ) -> list[str]:
@@ -196,6 +183,7 @@ class ScenarioRun:
         if st is None:
             return f"  {name:28} daemon not answering"
         rtt = self.ping(t)
+        self.pings.record(self.label(t), rtt is not None)
         ping = "lost" if rtt is None else f"{rtt:.2f} ms"
         age = "-" if st["key_age_s"] is None else f"{st['key_age_s']:.0f}s"
         sources = "+".join(st["sources"]) or "-"
@@ -203,7 +191,7 @@ class ScenarioRun:
         if st.get("installed_at") and (st.get("last_error_at") or 0) < st["installed_at"]:
             err = ""  # an error older than the key in use is history
         return (f"  {name:28} {st['policy']:9} {st['state']:9} {st['epoch']:5}  {age:>5}  "
-                f"{sources:22} {ping:>9}  {err[:44]}")
+                f"{sources:22} {ping:>9}  {clip(err, 44)}")
 
     def table(self, elapsed: float) -> str:
         head = (f"{elapsed:5.0f}s {'tunnel':28} {'policy':9} {'state':9} {'epoch':>5}  "
@@ -233,10 +221,20 @@ class ScenarioRun:
             st = self.peer(t) or {}
             lines.append(f"  {self.label(t):24} {spec.kind:9} {spec.policy:9} "
                          f"{self.epochs_made(t):3} epochs, now {st.get('state', '?')}, "
+                         f"{self.pings.line(self.label(t))}, "
                          f"sources {'+'.join(st.get('sources', [])) or '-'}")
-        consumed = self.consumed_keys()
-        problems = self.key_reuse_problems(consumed)
-        used = sum(len(v) for v in consumed.values())
-        lines.append(f"  QKD key_IDs journalled across all gateways: {used}; "
-                     f"{'no key used twice' if not problems else 'REUSE: ' + '; '.join(problems)}")
+        line, _problems = once_only_check(self.sitelab)
+        lines.append(line)
         return lines
+
+    def failures(self) -> list[str]:
+        """What makes the run a failure, one line each: a tunnel that never carried a
+        ping, with its own words for why, and any QKD key used twice."""
+        out = []
+        for t in self.tunnels.values():
+            _sent, ok = self.pings.counts.get(self.label(t), [0, 0])
+            if ok == 0:
+                out.append(f"{self.label(t)} never carried a ping: {why(self.peer(t))}")
+        _line, problems = once_only_check(self.sitelab)
+        out += [f"key reuse: {p}" for p in problems]
+        return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import struct
@@ -183,6 +184,8 @@ def _session(journal: Journal, keys: Any, initiator: bool) -> PeerSession:
     s.status = PeerStatus("gw", "x", "required")
     s._prefetched = None
     s._key_origins = {}
+    s._spends = collections.deque()
+    s._attempt_spent = False
     s.log = logging.getLogger("t.session")  # type: ignore[assignment]
     return s
 
