@@ -8,8 +8,10 @@ mutual TLS. Halfway through, the hub's KME goes dark: the `required` tunnel
 (to SGSICS) is blocked once its key expires, the `preferred` one (to UPM) goes
 on without QKD, flagged degraded; the `required` IPsec tunnel is torn down
 like the WireGuard one; then the KME comes back and so does the
-blocked tunnel. DEMO_SECONDS sets the length (default 60). Ctrl-C or the end
-removes every namespace and process.
+blocked tunnel. DEMO_SECONDS sets the length (default 60); DEMO_BREAK=ipsec
+drops the IPsec tunnel's IKE on purpose. The demo exits non-zero when a tunnel
+never carried a ping or a QKD key was used twice, keeping its logs. Ctrl-C or
+the end removes every namespace and process.
 """
 
 from __future__ import annotations
@@ -87,6 +89,15 @@ def _print_alarms(proc: subprocess.Popen[str]) -> None:
               f"{event.get('detail', '')[:70]}", flush=True)
 
 
+def _drop_ike(lab: NetnsLab, ns: str) -> None:
+    for rule in (["add", "table", "inet", "qsgwdemo"],
+                 ["add", "chain", "inet", "qsgwdemo", "input",
+                  "{ type filter hook input priority 0 ; }"],
+                 ["add", "rule", "inet", "qsgwdemo", "input", "udp", "dport", "{ 500, 4500 }",
+                  "drop"]):
+        lab.run(ns, ["nft", *rule], check=True)
+
+
 def _label(t: Tunnel) -> str:
     return f"{t.a.gateway_id} -> {t.b.gateway_id} ({'wg' if t.kind == 'wireguard' else 'ike'})"
 
@@ -139,6 +150,9 @@ def main() -> int:
                 sites.add_wireguard_tunnel(hub, b2, "preferred", rekey, lifetime),
                 sites.add_ipsec_tunnel(hub, b3, "required", rekey, lifetime),
             ]
+            for site in (hub, b1, b2, b3):  # a short demo shows a dead tunnel as down
+                for peer in site.peers:
+                    peer["tunnel"]["liveness_s"] = max(6.0, 2 * rekey)
             sites.start_simulator()
             print(f"KME simulator up: {', '.join(sorted(sites.endpoints['kmes']))} "
                   f"(logs and configs in {tmp})")
@@ -151,6 +165,11 @@ def main() -> int:
                   "state, events and alarms there; alarms are printed as they arrive")
             alarms = sites.subscribe("qsgw/+/events")
             threading.Thread(target=_print_alarms, args=(alarms,), daemon=True).start()
+            if os.environ.get("DEMO_BREAK") == "ipsec":
+                # On purpose, to show what a broken tunnel looks like (and that the
+                # demo then fails): IKE into UPM's second gateway is dropped.
+                _drop_ike(lab, b3.name)
+                print("--- DEMO_BREAK=ipsec: UDP 500/4500 into gw-upm-ipsec dropped (nftables)")
             for site in (hub, b1, b2, b3):
                 sites.write_config(site)
                 sites.start_daemon(site)

@@ -83,9 +83,9 @@ def why(status: dict[str, Any] | None) -> str:
     if status is None:
         return "its daemon does not answer"
     parts = [f"state {status.get('state')}"]
-    for key in ("tunnel_detail", "last_error"):
-        if status.get(key):
-            parts.append(clip(str(status[key]), 160))
+    for key, label in (("last_error", ""), ("last_tunnel_down", "went down: ")):
+        if status.get(key) and label + str(status[key]) not in parts:
+            parts.append(label + clip(str(status[key]), 480))
     return "; ".join(parts)
 
 
