@@ -1,10 +1,11 @@
 """One peer's session: drives the handshake state machine, installs keys, applies policy.
 
 The initiating side rekeys on the interval and retries failures with exponential
-backoff and jitter; the responding side answers INITs dispatched by the control
-server. Both watch the key's lifetime: under `required`, a key that expires with
-no fresh one behind it blocks the tunnel (fail closed); under `preferred`/`off`
-the tunnel keeps its last key and the state says it is stale.
+backoff and jitter (keypolicy); the responding side answers INITs dispatched by
+the control server. Both watch the key's lifetime: under `required`, a key that
+expires with no fresh one behind it blocks the tunnel (fail closed); under
+`preferred`/`off` the tunnel keeps its last key and the state says it is stale
+(watch).
 """
 
 from __future__ import annotations
@@ -12,12 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import PeerConfig
@@ -34,171 +32,30 @@ from gateway.handshake import (
     ResponderHandshake,
     SendMessage,
 )
-from gateway.journal import EpochRangeError, JournalError, KeyReuseError, StaleEpochError
+from gateway.journal import EpochRangeError, KeyReuseError, StaleEpochError
 from gateway.telemetry.logs import bind_peer, peer_logger
-from gateway.tunnels.base import TunnelDriver, TunnelError, TunnelHealth
-from kms_client import KmeKeyNotFound, KmeUnavailable, KmsError
+from gateway.tunnels.base import TunnelDriver, TunnelError
+from kms_client import KmsError
 
+from . import keypolicy
+from .channel import Channel, OutgoingChannel, SessionFailure, as_failure, describe_kms_error
 from .context import DaemonContext
-from .framing import FrameError, read_frame, write_frame
+from .framing import FrameError
+from .keypolicy import KEY_BUDGET_WINDOW_S, PREFETCH_RESERVE_EPOCHS, KeyBudget
 from .keysupply import DeliveredKey
-from .liveness import DOWN, PENDING, Liveness
+from .liveness import DOWN, Liveness
+from .peer_status import PeerStatus
+from .watch import TunnelWatch
+
+__all__ = ["HANDSHAKE_TIMEOUT_S", "PREFETCH_RESERVE_EPOCHS", "PeerSession", "PeerStatus",
+           "SessionFailure"]
 
 log = logging.getLogger("qsgw.session")
 
 HANDSHAKE_TIMEOUT_S = 30.0
-# Keys are plentiful while the link's pool holds at least this many epochs' worth.
-# Below it (a shared MDI hub run short, a satellite link between passes) a key
-# held back for our next epoch is a key another tunnel is waiting for: no
-# prefetch, and rekeys are spaced out (see PeerSession._rekey_interval).
-PREFETCH_RESERVE_EPOCHS = 8
-IO_TIMEOUT_S = 10.0
-# How often the data plane is asked whether the tunnel carries traffic.
-LIVENESS_POLL_S = 2.0
-# A failing tunnel never spends QKD keys faster than a healthy one: at most this
-# window's worth of epochs at the rekey interval (plus one) in any such window.
-KEY_BUDGET_WINDOW_S = 3600.0
 
 
-class SessionFailure(Exception):
-    """A handshake attempt failed; `reason` is a short stable word for metrics."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass
-class PeerStatus:
-    """What `qsgw status` and telemetry show for one peer (no key material)."""
-
-    peer_id: str
-    role: str
-    policy: str
-    # What is shown: starting | pending | ok | degraded | stale | down | blocked.
-    # `ok` (and degraded, stale) only while the tunnel is live; `pending` while a
-    # fresh key waits for the data plane, `down` past the liveness bound.
-    state: str = "starting"
-    # The key's own state, from the policy: starting | ok | degraded | stale | blocked.
-    key_state: str = "starting"
-    epoch: int = 0
-    installed_at: float | None = None  # wall clock
-    installed_mono: float | None = None
-    sources: list[str] = field(default_factory=list)
-    qkd_key_ids: list[str] = field(default_factory=list)
-    last_error: str | None = None
-    last_error_at: float | None = None
-    consecutive_failures: int = 0
-    epochs_made: int = 0
-    next_rekey_mono: float | None = None
-    tunnel_downs: int = 0  # times the data plane dropped the tunnel on its own
-    qkd_scarce: bool = False  # the link's pool is below the reserve: rekeys are spaced out
-    last_tunnel_down: str | None = None
-    last_tunnel_down_at: float | None = None
-    tunnel_live: str = "pending"  # pending | live | down (liveness.py)
-    tunnel_detail: str | None = None
-    key_confirmed: bool = False  # a data-plane handshake/SA newer than the key
-    rx_bytes: int | None = None
-    tx_bytes: int | None = None
-    last_handshake_age_s: float | None = None
-    qkd_keys_last_hour: int = 0
-
-    def as_dict(self, now_mono: float) -> dict[str, Any]:
-        return {
-            "peer": self.peer_id,
-            "role": self.role,
-            "policy": self.policy,
-            "state": self.state,
-            "epoch": self.epoch,
-            "key_age_s": None if self.installed_mono is None
-            else round(now_mono - self.installed_mono, 3),
-            "installed_at": self.installed_at,
-            "sources": list(self.sources),
-            "qkd_key_ids": list(self.qkd_key_ids),
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-            "consecutive_failures": self.consecutive_failures,
-            "epochs_made": self.epochs_made,
-            "tunnel_downs": self.tunnel_downs,
-            "qkd_scarce": self.qkd_scarce,
-            "last_tunnel_down": self.last_tunnel_down,
-            "last_tunnel_down_at": self.last_tunnel_down_at,
-            "tunnel_live": self.tunnel_live,
-            "tunnel_detail": self.tunnel_detail,
-            "key_confirmed": self.key_confirmed,
-            "rx_bytes": self.rx_bytes,
-            "tx_bytes": self.tx_bytes,
-            "last_handshake_age_s": self.last_handshake_age_s,
-            "qkd_keys_last_hour": self.qkd_keys_last_hour,
-            "next_rekey_in_s": None if self.next_rekey_mono is None
-            else round(max(0.0, self.next_rekey_mono - now_mono), 3),
-        }
-
-
-class _Channel:
-    """One TCP connection carrying one handshake."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 max_frame: int) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.max_frame = max_frame
-
-    async def send(self, data: bytes) -> None:
-        await write_frame(self.writer, data, IO_TIMEOUT_S)
-
-    async def receive(self) -> bytes:
-        return await read_frame(self.reader, self.max_frame, IO_TIMEOUT_S)
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
-
-
-class _OutgoingChannel:
-    """The initiator's connection, opened when INIT is ready to go: the QKD keys are
-    fetched first, so an attempt that finds no key never touches the peer (whose
-    control server would otherwise see a connection close without a frame)."""
-
-    def __init__(self, peer_id: str, host: str, port: int, max_frame: int) -> None:
-        self.peer_id, self.host, self.port, self.max_frame = peer_id, host, port, max_frame
-        self._channel: _Channel | None = None
-
-    async def _open(self) -> _Channel:
-        if self._channel is None:
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), IO_TIMEOUT_S)
-            except (OSError, TimeoutError) as exc:
-                raise SessionFailure("peer_unreachable", f"control {self.host}:{self.port}: "
-                                     f"{exc.__class__.__name__}") from None
-            self._channel = _Channel(reader, writer, self.max_frame)
-        return self._channel
-
-    async def send(self, data: bytes) -> None:
-        await (await self._open()).send(data)
-
-    async def receive(self) -> bytes:
-        try:
-            return await (await self._open()).receive()
-        except FrameError as exc:
-            if exc.hung_up:
-                # The responder hung up instead of answering: its handshake failed
-                # on its side (often: no QKD key at its KME), and only it knows why.
-                raise SessionFailure(
-                    "peer_aborted", f"{self.peer_id} closed the handshake without an "
-                    "answer; its log and `qsgw status` say why (e.g. no QKD key at its KME)",
-                ) from None
-            raise
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-
-
-class PeerSession:
+class PeerSession(TunnelWatch):
     def __init__(self, ctx: DaemonContext, peer: PeerConfig, driver: TunnelDriver,
                  initiator: bool) -> None:
         self.ctx = ctx
@@ -227,7 +84,7 @@ class PeerSession:
         self._liveness = Liveness(float(getattr(peer.tunnel, "liveness_s", 30.0)),
                                   require_confirm=peer.tunnel.type == "ipsec")
         # When this peer's handshakes were handed QKD keys (the key budget).
-        self._spends: deque[float] = deque()
+        self._budget = KeyBudget()
         self._attempt_spent = False
         self._last_failure: str | None = None  # since the last epoch the tunnel took
         if hasattr(driver, "on_down"):
@@ -320,7 +177,7 @@ class PeerSession:
             if wait > 0:
                 self.log.warning("QKD key budget spent: %d epochs' keys in the last %.0f s, the "
                                  "most a healthy tunnel uses; next attempt in %.0f s",
-                                 len(self._spends), KEY_BUDGET_WINDOW_S, wait)
+                                 len(self._budget.spends), KEY_BUDGET_WINDOW_S, wait)
                 self.status.next_rekey_mono = time.monotonic() + wait
                 self._publish()
                 continue
@@ -331,15 +188,11 @@ class PeerSession:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure is recorded, then retried
-                failure = _as_failure(exc)
+                failure = as_failure(exc, HANDSHAKE_TIMEOUT_S)
                 self._record_failure(failure)
-                attempt = self.status.consecutive_failures
-                # A failure that spent a QKD key (the tunnel did not come up) backs
-                # off up to the rekey interval at least, so a broken tunnel spends
-                # keys no faster than a healthy one.
-                cap = max(backoff.max, self.peer.rekey_interval_s) if self._attempt_spent \
-                    else backoff.max
-                base = min(cap, backoff.initial * 2 ** min(attempt - 1, 30))
+                base = keypolicy.retry_base(self.status.consecutive_failures, backoff.initial,
+                                            backoff.max, self.peer.rekey_interval_s,
+                                            self._attempt_spent)
                 if failure.reason == "qkd_unavailable":
                     self._set_scarce(True, "no QKD key for this epoch")
                     base = self._share_scarce_keys(base)
@@ -356,22 +209,13 @@ class PeerSession:
         if self.peer.qkd == "off":
             return 0.0
         now = time.monotonic()
-        while self._spends and now - self._spends[0] >= KEY_BUDGET_WINDOW_S:
-            self._spends.popleft()
-        self.status.qkd_keys_last_hour = len(self._spends) * self.peer.qkd_keys_per_epoch
-        budget = math.ceil(KEY_BUDGET_WINDOW_S / self.peer.rekey_interval_s) + 1
-        if len(self._spends) < budget:
-            return 0.0
-        return self._spends[0] + KEY_BUDGET_WINDOW_S - now
+        self.status.qkd_keys_last_hour = self._budget.count(now) * self.peer.qkd_keys_per_epoch
+        return self._budget.wait(now, self.peer.rekey_interval_s)
 
     def _rekey_interval(self) -> float:
-        """The rekey interval, stretched to half the key lifetime while QKD keys are
-        scarce: every tunnel on a short pool then asks for fewer keys, so the pool
-        can go round all of them, and the other half of the lifetime is left for
-        backed-off retries before the key expires."""
-        if self.status.qkd_scarce:
-            return max(self.peer.rekey_interval_s, self.peer.key_lifetime_s / 2)
-        return self.peer.rekey_interval_s
+        """The rekey interval, stretched while QKD keys are scarce (keypolicy)."""
+        return keypolicy.rekey_interval(self.peer.rekey_interval_s, self.peer.key_lifetime_s,
+                                        self.status.qkd_scarce)
 
     def _set_scarce(self, scarce: bool, why: str) -> None:
         if scarce == self.status.qkd_scarce:
@@ -385,18 +229,12 @@ class PeerSession:
                           self._rekey_interval())
 
     def _share_scarce_keys(self, base: float) -> float:
-        """The retry delay when the KME had no key for us: scaled by how much of our
-        current key's lifetime is left. Tunnels sharing a short pool (a shared MDI
-        hub, a relay hop) then ask in order of need: one whose key is about to
-        expire retries at the initial backoff, one just keyed waits up to the full
-        backoff, so the keys there are go to the tunnel nearest to starving."""
+        """The retry delay when the KME had no key for us, by the need of our key."""
         installed = self.status.installed_mono
-        if installed is None or self.status.key_state == "blocked":
-            return min(base, self.peer.retry_backoff_s.initial)  # no usable key: most in need
-        left = self.peer.key_lifetime_s - (time.monotonic() - installed)
-        share = min(1.0, max(0.0, left / self.peer.key_lifetime_s))
-        initial = self.peer.retry_backoff_s.initial
-        return initial + (base - initial) * share if base > initial else base
+        age = None if installed is None or self.status.key_state == "blocked" \
+            else time.monotonic() - installed
+        return keypolicy.share_scarce_keys(base, self.peer.retry_backoff_s.initial,
+                                           self.peer.key_lifetime_s, age)
 
     def _start_supply_check(self) -> None:
         if self.peer.qkd == "off":
@@ -442,7 +280,7 @@ class PeerSession:
         # so after a crash the next attempt is always above it.
         epoch = self.ctx.journal.last_epoch(self.peer.id) + 1
         machine = InitiatorHandshake(self._params, epoch, time.time())
-        channel = _OutgoingChannel(self.peer.id, self.peer.control.host,
+        channel = OutgoingChannel(self.peer.id, self.peer.control.host,
                                    self.peer.control.port, self.ctx.max_frame_bytes)
         try:
             actions = machine.start(time.time())
@@ -456,7 +294,7 @@ class PeerSession:
                               writer: asyncio.StreamWriter, control: Any = None) -> None:
         """An admitted INIT (see daemon.admission). `control` counts a refusal here."""
         bind_peer(self.peer.id)
-        channel = _Channel(reader, writer, self.ctx.max_frame_bytes)
+        channel = Channel(reader, writer, self.ctx.max_frame_bytes)
         if not self.tunnel_started:
             self.log.warning("refused an INIT: the tunnel is not up yet")
             return
@@ -483,13 +321,13 @@ class PeerSession:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._record_failure(_as_failure(exc))
+            self._record_failure(as_failure(exc, HANDSHAKE_TIMEOUT_S))
             self._publish()
 
     # ------------------------------------------------------------------ the pump
 
     async def _pump(self, machine: InitiatorHandshake | ResponderHandshake,
-                    actions: list[Any], channel: _Channel | _OutgoingChannel) -> None:
+                    actions: list[Any], channel: Channel | OutgoingChannel) -> None:
         """Carry out the machine's actions until it has installed or failed."""
         started = time.monotonic()
         queue = list(actions)
@@ -566,7 +404,7 @@ class PeerSession:
             keys = await self.ctx.keys.fetch_new(self.peer.id, self.peer.sae_id, action.count)
         except KmsError as exc:
             self._note_qkd_problem(exc)
-            return list(machine.on_qkd_unavailable(_describe(exc), time.time()))
+            return list(machine.on_qkd_unavailable(describe_kms_error(exc), time.time()))
         return self._hand_keys(machine, keys)
 
     async def _fetch_by_id(self, machine: Any, action: FetchQkdKeysById) -> list[Any]:
@@ -576,19 +414,19 @@ class PeerSession:
                                                    list(action.key_ids))
         except KmsError as exc:
             self._note_qkd_problem(exc)
-            return list(machine.on_qkd_unavailable(_describe(exc), time.time()))
+            return list(machine.on_qkd_unavailable(describe_kms_error(exc), time.time()))
         return self._hand_keys(machine, keys)
 
     def _hand_keys(self, machine: Any, keys: Sequence[DeliveredKey]) -> list[Any]:
         """Give the machine the keys; keep only each key's origin (its key_ID_extension)."""
         self._key_origins = {k.key_id: k.extension for k in keys}
         if keys:
-            self._spends.append(time.monotonic())
+            self._budget.spent(time.monotonic())
             self._attempt_spent = True
         return list(machine.on_qkd_keys(keys, time.time()))
 
     def _note_qkd_problem(self, exc: Exception) -> None:
-        self.log.warning("QKD key unavailable: %s", _describe(exc))
+        self.log.warning("QKD key unavailable: %s", describe_kms_error(exc))
 
     async def _install(self, action: InstallKey, duration_s: float) -> None:
         key = action.key
@@ -619,101 +457,6 @@ class PeerSession:
                       ", degraded: no QKD" if degraded else "",
                       extra={"epoch": action.epoch})
         self._publish()
-
-    # ------------------------------------------------------------------ policy
-
-    async def _expiry_loop(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(0.5)
-            st = self.status
-            if st.installed_mono is None or st.key_state in ("blocked", "stale"):
-                continue
-            if (self.peer.qkd == "required" and st.state == "down"
-                    and time.monotonic() - self._liveness.down_since_mono
-                    >= self.peer.key_lifetime_s):
-                # Keys that no tunnel takes are no fresh key: fail closed all the same.
-                await self._block(f"tunnel down for longer than the key lifetime "
-                                  f"({self.peer.key_lifetime_s:g} s): {st.tunnel_detail}")
-                self._refresh_state()
-                self._publish()
-                continue
-            if time.monotonic() - st.installed_mono < self.peer.key_lifetime_s:
-                continue
-            if self.peer.qkd == "required":
-                await self._block("key lifetime passed with no fresh QKD-keyed epoch")
-            else:
-                st.key_state = "stale"
-                self.log.warning("key lifetime passed; policy %s keeps the last key", self.peer.qkd)
-            self._refresh_state()
-            self._publish()
-
-    async def _block(self, why: str) -> None:
-        try:
-            await self.driver.block()
-        except TunnelError as exc:
-            self.log.error("could not block the tunnel: %s", exc)
-        self.status.key_state = "blocked"
-        self._liveness.reset()
-        self.status.sources = []  # no key in use: nothing to show as its sources
-        self.status.last_error = f"blocked: {why}"
-        self.status.last_error_at = time.time()
-        self.log.error("tunnel blocked (policy required): %s", why)
-
-    # ------------------------------------------------------------------ liveness
-
-    async def _liveness_loop(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(LIVENESS_POLL_S)
-            await self._check_liveness()
-
-    async def _check_liveness(self) -> None:
-        """Ask the data plane whether the tunnel carries traffic; `down` past the bound."""
-        st = self.status
-        if st.key_state in ("starting", "blocked") or self._lock.locked():
-            return  # nothing to judge, or a handshake (and its activation) is under way
-        try:
-            health = await asyncio.wait_for(self.driver.health(), 5)
-        except TimeoutError:
-            health = TunnelHealth(up=False, detail="the tunnel driver did not answer within 5 s")
-        except TunnelError as exc:
-            health = TunnelHealth(up=False, detail=f"tunnel driver: {exc}")
-        was = self._liveness.verdict.state
-        verdict = self._liveness.observe(health, time.monotonic())
-        st.tunnel_live, st.tunnel_detail = verdict.state, verdict.reason
-        st.key_confirmed = verdict.confirmed
-        st.rx_bytes, st.tx_bytes = health.rx_bytes, health.tx_bytes
-        st.last_handshake_age_s = health.last_handshake_age_s
-        self.ctx.telemetry.tunnel_health(self.peer.id, verdict.state == "live",
-                                         health.rx_bytes, health.tx_bytes)
-        if verdict.state == DOWN and was != DOWN:
-            if self._last_failure is not None:
-                # What the last attempt ran into is the likeliest cause: say it.
-                verdict.reason = f"{verdict.reason}; last attempt: {self._last_failure}"
-                st.tunnel_detail = verdict.reason
-            st.tunnel_downs += 1
-            st.last_tunnel_down, st.last_tunnel_down_at = verdict.reason, time.time()
-            st.last_error, st.last_error_at = f"tunnel down: {verdict.reason}", time.time()
-            self.log.error("tunnel down: %s", verdict.reason)
-            self.ctx.telemetry.alarm("tunnel_down", self.peer.id, True, verdict.reason)
-        elif was == DOWN and verdict.state != DOWN:
-            self.log.info("tunnel live again: %s", verdict.reason)
-            self.ctx.telemetry.alarm("tunnel_down", self.peer.id, False, verdict.reason)
-        self._refresh_state()
-
-    def _refresh_state(self) -> None:
-        """The shown state: the key's state, held back to pending/down by liveness."""
-        st = self.status
-        shown = st.key_state
-        if shown not in ("starting", "blocked"):
-            live = self._liveness.verdict.state
-            if live == DOWN:
-                shown = "down"
-            elif live == PENDING:
-                shown = "pending"
-        if shown != st.state:
-            old, st.state = st.state, shown
-            self.ctx.telemetry.policy_changed(self.peer.id, old, shown)
-            self._publish()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -746,26 +489,3 @@ class PeerSession:
             doc["tunnel"] = {"up": False, "detail": str(exc), "last_handshake_age_s": None}
         return doc
 
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, KmeUnavailable):
-        return f"KME unavailable: {exc}"
-    if isinstance(exc, KmeKeyNotFound):
-        return f"QKD key not found: {exc}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _as_failure(exc: BaseException) -> SessionFailure:
-    if isinstance(exc, SessionFailure):
-        return exc
-    if isinstance(exc, TimeoutError):
-        return SessionFailure("timeout", f"no complete handshake within {HANDSHAKE_TIMEOUT_S:g} s")
-    if isinstance(exc, TunnelError):
-        return SessionFailure("tunnel", str(exc))
-    if isinstance(exc, KeyReuseError):
-        return SessionFailure("key_reuse", str(exc))
-    if isinstance(exc, JournalError):  # lost, replaced or unwritable: no epoch (fail closed)
-        return SessionFailure("journal", str(exc))
-    if isinstance(exc, (OSError, FrameError)):
-        return SessionFailure("transport", f"{type(exc).__name__}: {exc}")
-    return SessionFailure("internal", f"{type(exc).__name__}: {exc}")

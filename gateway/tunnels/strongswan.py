@@ -8,10 +8,8 @@ mixes a PPK in at IKE_AUTH only (an IKE rekey keeps the old one), so
 `charon.make_before_break = yes`): a new IKE SA with the new PPK comes up
 before the old one is deleted.
 
-The `vici` package is synchronous: commands run in a worker thread under a
-lock on one session; a second session in its own thread follows charon's
-events so that a tunnel charon drops on its own (or a charon restart) is
-noticed between rotations.
+The VICI session lives in strongswan_vici.py, the event thread in
+strongswan_events.py, the settings and conn message in strongswan_settings.py.
 """
 
 from __future__ import annotations
@@ -19,249 +17,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
-import logging
-import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import vici
-from vici.exception import CommandException, SessionException
+from vici.exception import CommandException
 
 from gateway.tunnels.base import TunnelError, TunnelHealth
 
+from .strongswan_events import ViciEvents
+from .strongswan_settings import (
+    MAX_PPK_BYTES,
+    MIN_PPK_BYTES,
+    IkeSa,
+    IpsecSettings,
+    Secret,
+    conn_message,
+)
+from .strongswan_vici import conn_names, errmsg, log
+
 __all__ = ["IpsecSettings", "StrongSwanDriver", "make_strongswan_driver"]
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-Manage = Literal["full", "ppk-only"]
-StartAction = Literal["none", "trap", "start"]
-
-#: RFC 8784 asks for PPKs with at least 256 bits of entropy.
-MIN_PPK_BYTES = 32
-MAX_PPK_BYTES = 1024
-# "log" lets activate() see IKE SAs that came and went between two polls of
-# list-sas (a reauthentication rejected within milliseconds); at charon's
-# VICI log level (1) no key material is logged.
-_EVENTS = ("ike-updown", "ike-rekey", "child-updown", "log")
 #: A failed reauthentication is declared only once it held this long.
 _FAIL_HOLD_S = 0.1
 _POLL_S = 0.005
-_DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519",)
-_DEFAULT_ESP_PROPOSALS = ("aes256gcm16",)
 
 
-@dataclass(frozen=True, slots=True)
-class IpsecSettings:
-    """What the driver needs to know about one IKEv2 tunnel.
-
-    `connection` is the VICI connection name (and of its one CHILD_SA unless
-    `child` is set). `manage="ppk-only"` leaves the connection to swanctl.conf
-    and only rotates the PPK. IKE authentication is either a PSK read from
-    `psk_file` or X.509 (`cert_file`, `key_file`, `ca_file`).
-    """
-
-    #: A path, or a URI as in the config: unix:///path or tcp://host:port.
-    vici_socket: Path | str
-    connection: str
-    ppk_id: str
-    manage: Manage = "full"
-    child: str | None = None
-    local_addrs: tuple[str, ...] = ()
-    remote_addrs: tuple[str, ...] = ()
-    local_ts: tuple[str, ...] = ()
-    remote_ts: tuple[str, ...] = ()
-    ike_proposals: tuple[str, ...] = _DEFAULT_IKE_PROPOSALS
-    esp_proposals: tuple[str, ...] = _DEFAULT_ESP_PROPOSALS
-    local_id: str | None = None
-    remote_id: str | None = None
-    psk_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    ca_file: Path | None = None
-    ppk_required: bool = True
-    initiator: bool = True
-    start_action: StartAction = "none"
-    #: Bound on one VICI operation that waits for the peer (initiate, reauth).
-    timeout_s: float = 10.0
-
-    @property
-    def child_name(self) -> str:
-        return self.child or self.connection
-
-    def vici_address(self) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
-        """The socket family and address of charon's VICI endpoint."""
-        value = str(self.vici_socket)
-        if value.startswith("tcp://"):
-            host, _, port = value.removeprefix("tcp://").rpartition(":")
-            if not host or not port.isdigit():
-                raise TunnelError(f"ipsec {self.connection}: bad VICI URI {value!r}")
-            host = host.strip("[]")
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            return family, (host, int(port))
-        return socket.AF_UNIX, value.removeprefix("unix://")
-
-    def validate(self) -> None:
-        """Raise TunnelError for settings charon would refuse or misuse."""
-        if not self.connection or not self.ppk_id:
-            raise TunnelError("ipsec: connection and ppk_id must not be empty")
-        if self.manage not in ("full", "ppk-only"):
-            raise TunnelError(f"ipsec {self.connection}: manage must be 'full' or 'ppk-only'")
-        if self.timeout_s <= 0:
-            raise TunnelError(f"ipsec {self.connection}: timeout_s must be positive")
-        self.vici_address()
-        if self.manage == "ppk-only":
-            return
-        missing = [
-            name
-            for name in ("local_addrs", "remote_addrs", "local_ts", "remote_ts", "ike_proposals")
-            if not getattr(self, name)
-        ]
-        if missing:
-            raise TunnelError(
-                f"ipsec {self.connection}: manage=full needs {', '.join(missing)}"
-            )
-        cert_parts = (self.cert_file, self.key_file, self.ca_file)
-        if self.psk_file is not None:
-            if any(p is not None for p in cert_parts):
-                raise TunnelError(
-                    f"ipsec {self.connection}: give either psk_file or cert_file/key_file/ca_file"
-                )
-        elif not all(p is not None for p in cert_parts):
-            raise TunnelError(
-                f"ipsec {self.connection}: manage=full needs psk_file or "
-                "cert_file, key_file and ca_file"
-            )
-
-    @classmethod
-    def from_config(cls, model: Any, *, initiator: bool | None = None) -> IpsecSettings:
-        """Build from the config's `IpsecTunnel` model (or anything with those attributes)."""
-
-        def get(name: str, default: Any = None) -> Any:
-            return getattr(model, name, default)
-
-        def paths(name: str) -> Path | None:
-            value = get(name)
-            return Path(value) if value is not None else None
-
-        def strs(name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-            value = get(name)
-            if value is None:
-                return default
-            if isinstance(value, str):
-                return (value,)
-            return tuple(str(v) for v in value)
-
-        auth = get("auth")
-        src = auth if auth is not None else model
-
-        def auth_get(name: str) -> Any:
-            return getattr(src, name, None) if auth is not None else get(name)
-
-        def auth_path(name: str) -> Path | None:
-            value = auth_get(name)
-            return Path(value) if value is not None else None
-
-        return cls(
-            vici_socket=str(get("vici_socket", "unix:///var/run/charon.vici")),
-            connection=str(get("connection")),
-            ppk_id=str(get("ppk_id")),
-            manage=get("manage", "full"),
-            child=get("child"),
-            local_addrs=strs("local_addrs"),
-            remote_addrs=strs("remote_addrs"),
-            local_ts=strs("local_ts"),
-            remote_ts=strs("remote_ts"),
-            ike_proposals=strs("ike_proposals", _DEFAULT_IKE_PROPOSALS),
-            esp_proposals=strs("esp_proposals", _DEFAULT_ESP_PROPOSALS),
-            local_id=auth_get("local_id") or get("local_id"),
-            remote_id=auth_get("remote_id") or get("remote_id"),
-            psk_file=auth_path("psk_file"),
-            cert_file=auth_path("cert_file"),
-            key_file=auth_path("key_file"),
-            ca_file=auth_path("ca_file"),
-            ppk_required=bool(get("ppk_required", True)),
-            initiator=bool(get("initiator", True)) if initiator is None else initiator,
-            start_action=get("start_action", "none") or "none",
-        )
-
-
-@dataclass(slots=True)
-class _IkeSa:
-    """The part of a list-sas entry the driver looks at (no keys in there)."""
-
-    uniqueid: str
-    state: str
-    ppk: bool
-    spis: tuple[str, str]
-    established_s: float | None
-    child_installed: bool
-    #: uniqueids of the INSTALLED CHILD_SAs.
-    installed_children: frozenset[str]
-    bytes_in: int
-    bytes_out: int
-
-    @classmethod
-    def parse(cls, sa: Mapping[str, Any]) -> _IkeSa:
-        def text(key: str, default: str = "") -> str:
-            value = sa.get(key)
-            return value.decode() if isinstance(value, bytes) else default
-
-        children: Mapping[str, Any] = sa.get("child-sas") or {}
-        installed = False
-        installed_ids: set[str] = set()
-        bytes_in = bytes_out = 0
-        for child in children.values():
-            if child.get("state") == b"INSTALLED":
-                installed = True
-                installed_ids.add(_text(child.get("uniqueid", b"")))
-            bytes_in += int(child.get("bytes-in", b"0"))
-            bytes_out += int(child.get("bytes-out", b"0"))
-        established = text("established")
-        return cls(
-            uniqueid=text("uniqueid"),
-            state=text("state"),
-            ppk=text("ppk") == "yes",
-            spis=(text("initiator-spi"), text("responder-spi")),
-            established_s=float(established) if established else None,
-            child_installed=installed,
-            installed_children=frozenset(installed_ids),
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
-        )
-
-
-@dataclass(slots=True)
-class _Secret:
-    """The current PPK, kept to reload it into a restarted charon."""
-
-    epoch: int
-    value: bytearray = field(repr=False)
-
-    def wipe(self) -> None:
-        for i in range(len(self.value)):
-            self.value[i] = 0
-
-
-def _read_secret_file(path: Path, what: str, conn: str) -> bytes:
-    """File contents; errors name the file, never its contents."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TunnelError(f"ipsec {conn}: cannot read {what} {path}: {exc.strerror}") from None
-    data = data.strip()
-    if not data:
-        raise TunnelError(f"ipsec {conn}: {what} {path} is empty")
-    return data
-
-
-class StrongSwanDriver:
+class StrongSwanDriver(ViciEvents):
     """`TunnelDriver` for one strongSwan IKEv2 connection keyed by RFC 8784 PPKs.
 
     `on_down(detail)` (settable attribute) is called on the event loop that
@@ -287,7 +72,7 @@ class StrongSwanDriver:
         self._sock: socket.socket | None = None
         # Set when the command session broke: the next session reloads state.
         self._needs_reload = False
-        self._secret: _Secret | None = None
+        self._secret: Secret | None = None
         # Highest epoch installed; survives block() so epochs never go back.
         self._last_epoch: int | None = None
         # The epoch whose PPK keyed the newest IKE SA (None: unknown / none).
@@ -309,204 +94,6 @@ class StrongSwanDriver:
         epoch = self._secret.epoch if self._secret else None
         return f"StrongSwanDriver(connection={self.settings.connection!r}, epoch={epoch})"
 
-    # ------------------------------------------------------------------ VICI plumbing
-
-    def _open_socket(self) -> socket.socket:
-        family, address = self.settings.vici_address()
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(2.0)
-            sock.connect(address)
-        except OSError:
-            sock.close()
-            raise
-        return sock
-
-    def _connect(self) -> tuple[socket.socket, vici.Session]:
-        try:
-            sock = self._open_socket()
-            # Bounded: a hung charon must not hang the daemon. initiate and
-            # terminate wait for the peer within their own, shorter timeout.
-            sock.settimeout(self.settings.timeout_s + 5.0)
-        except OSError as exc:
-            raise TunnelError(
-                f"{self._name}: charon's VICI socket {self.settings.vici_socket} "
-                f"unreachable: {exc.strerror or exc}"
-            ) from None
-        return sock, vici.Session(sock)
-
-    def _drop_session(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-        self._sock = None
-        self._session = None
-        self._needs_reload = True
-
-    def _locked(self, fn: Callable[[vici.Session], T]) -> T:
-        with self._lock:
-            for attempt in (1, 2):
-                if self._session is None:
-                    self._sock, self._session = self._connect()
-                    if self._needs_reload and self._started:
-                        try:
-                            self._reload_state(self._session)
-                        except (OSError, SessionException):
-                            self._drop_session()
-                            if attempt == 2:
-                                raise TunnelError(
-                                    f"{self._name}: lost charon while reloading"
-                                ) from None
-                            continue
-                        except (CommandException, TunnelError) as exc:
-                            # Keep _needs_reload: the next call tries again.
-                            self._drop_session()
-                            text = _errmsg(exc) if isinstance(exc, CommandException) else exc
-                            raise TunnelError(
-                                f"{self._name}: reloading into restarted charon failed: {text}"
-                            ) from None
-                    self._needs_reload = False
-                try:
-                    return fn(self._session)
-                except (OSError, SessionException) as exc:
-                    # The socket broke: charon restarted or died. Reconnect once,
-                    # reloading the connection and PPK into the new charon.
-                    self._drop_session()
-                    if attempt == 2:
-                        raise TunnelError(
-                            f"{self._name}: VICI session to charon failed: "
-                            f"{type(exc).__name__}"
-                        ) from None
-                except CommandException as exc:
-                    raise TunnelError(f"{self._name}: charon refused: {_errmsg(exc)}") from None
-            raise AssertionError("unreachable")
-
-    async def _call(self, fn: Callable[[vici.Session], T]) -> T:
-        return await asyncio.to_thread(self._locked, fn)
-
-    # ------------------------------------------------------------------ charon state
-
-    def _conn_message(self) -> dict[str, Any]:
-        s = self.settings
-        if s.psk_file is not None:
-            local: dict[str, Any] = {"auth": "psk"}
-            remote: dict[str, Any] = {"auth": "psk"}
-            if s.local_id:
-                local["id"] = s.local_id
-            if s.remote_id:
-                remote["id"] = s.remote_id
-        else:
-            assert s.cert_file is not None and s.ca_file is not None
-            # VICI takes the certificates themselves (PEM or DER), not paths.
-            cert = _read_secret_file(s.cert_file, "cert_file", s.connection)
-            ca = _read_secret_file(s.ca_file, "ca_file", s.connection)
-            local = {"auth": "pubkey", "certs": [cert]}
-            remote = {"auth": "pubkey", "cacerts": [ca]}
-            if s.local_id:
-                local["id"] = s.local_id
-            if s.remote_id:
-                remote["id"] = s.remote_id
-        child: dict[str, Any] = {
-            "local_ts": list(s.local_ts),
-            "remote_ts": list(s.remote_ts),
-            "esp_proposals": list(s.esp_proposals),
-            "start_action": s.start_action,
-            # The peer deleting the CHILD_SA is reported, not silently redone:
-            # the daemon decides with a fresh key.
-            "close_action": "none",
-            "dpd_action": "clear",
-        }
-        return {
-            s.connection: {
-                "version": "2",
-                "local_addrs": list(s.local_addrs),
-                "remote_addrs": list(s.remote_addrs),
-                "proposals": list(s.ike_proposals),
-                "ppk_id": s.ppk_id,
-                "ppk_required": "yes" if s.ppk_required else "no",
-                # Rotation is qsgw's job: charon's own reauth timer is off and
-                # IKE rekeys (which keep the PPK) are rare.
-                "reauth_time": "0",
-                "rekey_time": "4h",
-                "dpd_delay": "10s",
-                "unique": "no",
-                "local": local,
-                "remote": remote,
-                "children": {s.child_name: child},
-            }
-        }
-
-    def _load_credentials(self, session: vici.Session) -> None:
-        s = self.settings
-        if s.psk_file is not None:
-            psk = bytearray(_read_secret_file(s.psk_file, "psk_file", s.connection))
-            try:
-                session.load_shared(
-                    {
-                        "id": self._psk_handle,
-                        "type": "IKE",
-                        "data": bytes(psk),
-                        "owners": self._psk_owners(),
-                    }
-                )
-            finally:
-                psk[:] = bytes(len(psk))
-            return
-        assert s.cert_file is not None and s.key_file is not None and s.ca_file is not None
-        for path, kind in ((s.cert_file, "cert_file"), (s.ca_file, "ca_file")):
-            data = _read_secret_file(path, kind, s.connection)
-            flag = "CA" if kind == "ca_file" else None
-            message: dict[str, Any] = {"type": "X509", "data": data}
-            if flag:
-                message["flag"] = flag
-            session.load_cert(message)
-        key = _read_secret_file(s.key_file, "key_file", s.connection)
-        session.load_key({"type": "any", "data": key})
-
-    def _psk_owners(self) -> list[str]:
-        # Without configured IDs charon identifies both ends by IP address;
-        # the PSK is bound to those so that it serves this tunnel only.
-        s = self.settings
-        local = [s.local_id] if s.local_id else [a for a in s.local_addrs if _concrete(a)]
-        remote = [s.remote_id] if s.remote_id else [a for a in s.remote_addrs if _concrete(a)]
-        return [*local, *remote]
-
-    def _load_ppk(self, session: vici.Session, value: bytes | bytearray) -> None:
-        session.load_shared(
-            {
-                "id": self._ppk_handle,
-                "type": "PPK",
-                "data": bytes(value),
-                "owners": [self.settings.ppk_id],
-            }
-        )
-
-    def _load_random_ppk(self, session: vici.Session) -> None:
-        # Nothing that could bring the tunnel back remains: a fresh random PPK
-        # that no peer has replaces the last epoch key.
-        self._load_ppk(session, secrets.token_bytes(MIN_PPK_BYTES))
-
-    def _reload_state(self, session: vici.Session) -> None:
-        """Put the driver's config and current PPK into a (restarted) charon."""
-        if self.settings.manage == "full":
-            self._load_credentials(session)
-            session.load_conn(self._conn_message())
-        if self._secret is not None and not self._blocked:
-            self._load_ppk(session, self._secret.value)
-        else:
-            self._load_random_ppk(session)
-
-    def _ike_sas(self, session: vici.Session) -> list[_IkeSa]:
-        found: list[_IkeSa] = []
-        for entry in session.list_sas({"ike": self.settings.connection}):
-            for name, sa in entry.items():
-                if name == self.settings.connection:
-                    found.append(_IkeSa.parse(sa))
-        return found
-
-    def _good(self, sa: _IkeSa) -> bool:
-        return sa.state == "ESTABLISHED" and (sa.ppk or not self.settings.ppk_required)
-
     # ------------------------------------------------------------------ TunnelDriver
 
     async def start(self) -> None:
@@ -517,9 +104,9 @@ class StrongSwanDriver:
         def setup(session: vici.Session) -> None:
             if s.manage == "full":
                 self._load_credentials(session)
-                session.load_conn(self._conn_message())
+                session.load_conn(conn_message(self.settings))
             else:
-                names = _conn_names(session)
+                names = conn_names(session)
                 if s.connection not in names:
                     raise TunnelError(
                         f"{self._name}: manage=ppk-only but charon has no connection "
@@ -556,7 +143,7 @@ class StrongSwanDriver:
                 f"{self._name}: epoch {epoch} is older than the installed epoch "
                 f"{self._last_epoch}"
             )
-        new = _Secret(epoch, bytearray(key))
+        new = Secret(epoch, bytearray(key))
         try:
             await self._call(lambda session: self._load_ppk(session, new.value))
         except BaseException:
@@ -628,7 +215,7 @@ class StrongSwanDriver:
                 pass
         except CommandException as exc:
             raise TunnelError(
-                f"{self._name}: initiating failed ({_errmsg(exc)}); "
+                f"{self._name}: initiating failed ({errmsg(exc)}); "
                 f"{self._diagnose(session)}"
             ) from None
 
@@ -649,7 +236,7 @@ class StrongSwanDriver:
                 "filtered), or refused the authentication (a PSK or PPK mismatch); the peer's "
                 "charon log says which")
 
-    async def _wait_for_new_sa(self, old_ids: set[str], timeout: float) -> _IkeSa:
+    async def _wait_for_new_sa(self, old_ids: set[str], timeout: float) -> IkeSa:
         deadline = time.monotonic() + timeout
         seen_new: set[str] = set()
         gone_since: float | None = None
@@ -701,17 +288,6 @@ class StrongSwanDriver:
 
         await self._call(do_block)
         log.warning("%s: blocked (no fresh key): SAs terminated, PPK replaced", self._name)
-
-    def _terminate(self, session: vici.Session, uniqueid: str) -> None:
-        # force: do not wait for the peer's answer to the DELETE.
-        message = {"ike-id": uniqueid, "force": "yes", "timeout": "-1"}
-        with contextlib.suppress(CommandException):
-            for _ in session.terminate(message):
-                pass
-
-    def _terminate_all(self, session: vici.Session) -> None:
-        for sa in self._ike_sas(session):
-            self._terminate(session, sa.uniqueid)
 
     async def health(self) -> TunnelHealth:
         try:
@@ -776,131 +352,6 @@ class StrongSwanDriver:
                     self._sock.close()
             self._sock = None
             self._session = None
-
-    # ------------------------------------------------------------------ events
-
-    def _report_down(self, detail: str) -> None:
-        if self._down_reported:
-            return
-        self._down_reported = True
-        log.warning("%s: tunnel down: %s", self._name, detail)
-        callback = self.on_down
-        if callback is not None and self._loop is not None and not self._stopping.is_set():
-            with contextlib.suppress(RuntimeError):  # loop closed
-                self._loop.call_soon_threadsafe(callback, detail)
-
-    def _follow_events(self) -> None:
-        """Event thread: notice SAs going down and charon going away."""
-        while not self._stopping.is_set():
-            try:
-                sock = self._open_socket()
-                sock.settimeout(None)  # listen() sets its own per-read timeout
-            except OSError:
-                self._stopping.wait(0.2)
-                continue
-            self._events_sock = sock
-            if self._charon_lost is not None:
-                # charon is back (restarted): give it our connection and PPK
-                # now, so that the tunnel can be brought back.
-                try:
-                    self._locked(lambda session: None)
-                    self._charon_lost = None
-                except TunnelError:
-                    pass
-            events = vici.Session(sock).listen(list(_EVENTS), timeout=0.5)
-            try:
-                for label, event in events:
-                    if self._stopping.is_set():
-                        break
-                    if label is None or event is None:
-                        continue
-                    self._on_event(label.decode(), event)
-            except (OSError, SessionException):
-                pass
-            finally:
-                # Closing the generator unregisters the events, which fails
-                # on a socket charon already closed.
-                with contextlib.suppress(Exception):
-                    events.close()
-                self._events_sock = None
-                with contextlib.suppress(OSError):
-                    sock.close()
-            if self._stopping.is_set():
-                return
-            self._charon_lost = "charon's VICI connection was lost (charon restarted or died)"
-            self._active_epoch = None
-            with self._lock:
-                self._drop_session()
-            self._report_down(self._charon_lost)
-            self._stopping.wait(0.2)
-
-    def _on_event(self, name: str, event: Mapping[str, Any]) -> None:
-        conn = self.settings.connection
-        if name == "log":
-            if _text(event.get("ikesa-name", b"")) == conn and "ikesa-uniqueid" in event:
-                with self._seen_lock:
-                    self._seen_ids.add(_text(event["ikesa-uniqueid"]))
-            return
-        if conn not in event:
-            return
-        self._charon_lost = None
-        if name == "ike-updown" and "up" in event:
-            # A new IKE SA takes the PPK loaded at that moment (the responder
-            # learns this way which epoch is in use).
-            secret = self._secret
-            self._active_epoch = secret.epoch if secret and not self._blocked else None
-            self._down_reported = False
-        elif name == "ike-updown" and "up" not in event:
-            uid = _text(event[conn].get("uniqueid"))
-            # Reauthentication deletes the old SA after the new one is up:
-            # only "no established SA left" is a tunnel going down.
-            try:
-                sas = self._locked(self._ike_sas)
-            except TunnelError:
-                return
-            others = any(sa.state == "ESTABLISHED" and sa.uniqueid != uid for sa in sas)
-            if not others and not self._blocked:
-                self._report_down(f"IKE SA #{uid} deleted, no IKE SA left")
-        elif name == "child-updown" and "up" not in event:
-            # The peer may close the CHILD_SA alone (close_action none): the
-            # IKE SA stays but no traffic flows.
-            going = {
-                _text(child.get("uniqueid", b""))
-                for child in (event[conn].get("child-sas") or {}).values()
-            }
-            try:
-                sas = self._locked(self._ike_sas)
-            except TunnelError:
-                return
-            left = any(self._good(sa) and sa.installed_children - going for sa in sas)
-            if not left and not self._blocked:
-                self._report_down("CHILD_SA deleted, no CHILD_SA left")
-
-
-def _concrete(addr: str) -> bool:
-    """An IP address (charon's default identity), not %any, a range or a name."""
-    try:
-        ipaddress.ip_address(addr)
-    except ValueError:
-        return False
-    return True
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _errmsg(exc: CommandException) -> str:
-    # The vici package puts charon's errmsg in the text; charon's messages
-    # name connections and states, never secrets.
-    text = str(exc)
-    return text.removeprefix("Command failed: ") or "unknown error"
-
-
-def _conn_names(session: vici.Session) -> set[str]:
-    reply = session.get_conns()
-    conns: Iterable[Any] = reply.get("conns", [])
-    return {_text(c) for c in conns}
 
 
 def make_strongswan_driver(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import struct
@@ -16,11 +15,14 @@ import pytest
 
 from gateway.crypto.suites import lookup_suite
 from gateway.daemon.admission import REFUSAL_REASONS, FloodMonitor, InitAdmission, RefusalCounters
+from gateway.daemon.channel import SessionFailure
 from gateway.daemon.conntable import BoundedReader, ConnectionTable
 from gateway.daemon.framing import FrameError, read_frame
+from gateway.daemon.keypolicy import KeyBudget
 from gateway.daemon.keysupply import DeliveredKey
+from gateway.daemon.peer_status import PeerStatus
 from gateway.daemon.ratelog import RateLimitedLog
-from gateway.daemon.session import PeerSession, PeerStatus, SessionFailure
+from gateway.daemon.session import PeerSession
 from gateway.handshake import (
     HandshakeParams,
     InitiatorHandshake,
@@ -184,7 +186,7 @@ def _session(journal: Journal, keys: Any, initiator: bool) -> PeerSession:
     s.status = PeerStatus("gw", "x", "required")
     s._prefetched = None
     s._key_origins = {}
-    s._spends = collections.deque()
+    s._budget = KeyBudget()
     s._attempt_spent = False
     s.log = logging.getLogger("t.session")  # type: ignore[assignment]
     return s

@@ -105,7 +105,8 @@ def _session(tmp_path: Path, keys: FakeKeys, initiator: bool) -> PeerSession:
     telemetry = Telemetry("gw-redu", audit=AuditLog(tmp_path / "audit.jsonl"))
     ctx = SimpleNamespace(keys=keys, telemetry=telemetry, handshake_params=lambda peer: None)
     peer = SimpleNamespace(id="gw-singapore", sae_id="SAE_SINGAPORE_GW", qkd="required",
-                           qkd_prefetch=True, qkd_keys_per_epoch=2)
+                           qkd_prefetch=True, qkd_keys_per_epoch=2,
+                           tunnel=SimpleNamespace(type="wireguard", liveness_s=30.0))
     return PeerSession(ctx, peer, FakeDriver(), initiator)  # type: ignore[arg-type]
 
 

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
+from gateway.daemon.channel import OutgoingChannel, SessionFailure
 from gateway.daemon.framing import FrameError
-from gateway.daemon.session import SessionFailure, _OutgoingChannel
 
 
 async def _server(behaviour: str) -> tuple[asyncio.Server, int, list[bytes]]:
@@ -28,7 +28,7 @@ async def _server(behaviour: str) -> tuple[asyncio.Server, int, list[bytes]]:
 async def test_nothing_connects_until_a_frame_is_sent() -> None:
     server, port, got = await _server("hang-up")
     async with server:
-        channel = _OutgoingChannel("gw-b", "127.0.0.1", port, 65536)
+        channel = OutgoingChannel("gw-b", "127.0.0.1", port, 65536)
         await channel.close()  # an attempt that ended before INIT (no QKD key)
         await asyncio.sleep(0.05)
         assert got == []
@@ -37,7 +37,7 @@ async def test_nothing_connects_until_a_frame_is_sent() -> None:
 async def test_a_responder_hanging_up_is_named_not_a_framing_error() -> None:
     server, port, _ = await _server("hang-up")
     async with server:
-        channel = _OutgoingChannel("gw-b", "127.0.0.1", port, 65536)
+        channel = OutgoingChannel("gw-b", "127.0.0.1", port, 65536)
         await channel.send(b"INIT")
         with pytest.raises(SessionFailure) as err:
             await channel.receive()
@@ -49,7 +49,7 @@ async def test_a_responder_hanging_up_is_named_not_a_framing_error() -> None:
 async def test_a_truncated_answer_stays_a_framing_error() -> None:
     server, port, _ = await _server("half-frame")
     async with server:
-        channel = _OutgoingChannel("gw-b", "127.0.0.1", port, 65536)
+        channel = OutgoingChannel("gw-b", "127.0.0.1", port, 65536)
         await channel.send(b"INIT")
         with pytest.raises(FrameError, match="after 7 bytes"):
             await channel.receive()
@@ -60,7 +60,7 @@ async def test_an_unreachable_peer_is_reported_when_init_goes() -> None:
     server, port, _ = await _server("hang-up")
     server.close()
     await server.wait_closed()
-    channel = _OutgoingChannel("gw-b", "127.0.0.1", port, 65536)
+    channel = OutgoingChannel("gw-b", "127.0.0.1", port, 65536)
     with pytest.raises(SessionFailure) as err:
         await channel.send(b"INIT")
     assert err.value.reason == "peer_unreachable"

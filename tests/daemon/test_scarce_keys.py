@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from gateway.daemon.keypolicy import PREFETCH_RESERVE_EPOCHS
 from gateway.daemon.keysupply import KeySupply
-from gateway.daemon.session import PREFETCH_RESERVE_EPOCHS, PeerSession
+from gateway.daemon.session import PeerSession
 from gateway.telemetry import Telemetry
 from kms_client import KmeUnavailable
 
@@ -38,7 +39,8 @@ def _session(keys: PoolKeys, rekey: float = 4.0, lifetime: float = 14.0) -> Peer
     peer = SimpleNamespace(id="gw-b", sae_id="SAE_B", qkd="required", qkd_prefetch=True,
                            qkd_keys_per_epoch=1, rekey_interval_s=rekey,
                            key_lifetime_s=lifetime,
-                           retry_backoff_s=SimpleNamespace(initial=0.5, max=4.0))
+                           retry_backoff_s=SimpleNamespace(initial=0.5, max=4.0),
+                           tunnel=SimpleNamespace(type="wireguard", liveness_s=30.0))
     return PeerSession(ctx, peer, object(), True)  # type: ignore[arg-type]
 
 

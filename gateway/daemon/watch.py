@@ -1,0 +1,138 @@
+"""The watch over a session's tunnel: key expiry (fail closed) and data-plane liveness.
+
+A mixin of PeerSession: it reads and updates the session's status and liveness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from gateway.tunnels.base import TunnelError, TunnelHealth
+
+from .liveness import DOWN, PENDING
+
+if TYPE_CHECKING:
+    from gateway.config import PeerConfig
+    from gateway.telemetry.logs import PeerAdapter
+    from gateway.tunnels.base import TunnelDriver
+
+    from .context import DaemonContext
+    from .liveness import Liveness
+    from .peer_status import PeerStatus
+
+# How often the data plane is asked whether the tunnel carries traffic.
+LIVENESS_POLL_S = 2.0
+
+
+class TunnelWatch:
+    """Key expiry and liveness for PeerSession (which sets these attributes)."""
+
+    ctx: DaemonContext
+    peer: PeerConfig
+    driver: TunnelDriver
+    status: PeerStatus
+    log: PeerAdapter
+    _liveness: Liveness
+    _lock: asyncio.Lock
+    _stopping: bool
+    _last_failure: str | None
+
+    def _publish(self) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ policy
+
+    async def _expiry_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.5)
+            st = self.status
+            if st.installed_mono is None or st.key_state in ("blocked", "stale"):
+                continue
+            if (self.peer.qkd == "required" and st.state == "down"
+                    and time.monotonic() - self._liveness.down_since_mono
+                    >= self.peer.key_lifetime_s):
+                # Keys that no tunnel takes are no fresh key: fail closed all the same.
+                await self._block(f"tunnel down for longer than the key lifetime "
+                                  f"({self.peer.key_lifetime_s:g} s): {st.tunnel_detail}")
+                self._refresh_state()
+                self._publish()
+                continue
+            if time.monotonic() - st.installed_mono < self.peer.key_lifetime_s:
+                continue
+            if self.peer.qkd == "required":
+                await self._block("key lifetime passed with no fresh QKD-keyed epoch")
+            else:
+                st.key_state = "stale"
+                self.log.warning("key lifetime passed; policy %s keeps the last key", self.peer.qkd)
+            self._refresh_state()
+            self._publish()
+
+    async def _block(self, why: str) -> None:
+        try:
+            await self.driver.block()
+        except TunnelError as exc:
+            self.log.error("could not block the tunnel: %s", exc)
+        self.status.key_state = "blocked"
+        self._liveness.reset()
+        self.status.sources = []  # no key in use: nothing to show as its sources
+        self.status.last_error = f"blocked: {why}"
+        self.status.last_error_at = time.time()
+        self.log.error("tunnel blocked (policy required): %s", why)
+
+    # ------------------------------------------------------------------ liveness
+
+    async def _liveness_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(LIVENESS_POLL_S)
+            await self._check_liveness()
+
+    async def _check_liveness(self) -> None:
+        """Ask the data plane whether the tunnel carries traffic; `down` past the bound."""
+        st = self.status
+        if st.key_state in ("starting", "blocked") or self._lock.locked():
+            return  # nothing to judge, or a handshake (and its activation) is under way
+        try:
+            health = await asyncio.wait_for(self.driver.health(), 5)
+        except TimeoutError:
+            health = TunnelHealth(up=False, detail="the tunnel driver did not answer within 5 s")
+        except TunnelError as exc:
+            health = TunnelHealth(up=False, detail=f"tunnel driver: {exc}")
+        was = self._liveness.verdict.state
+        verdict = self._liveness.observe(health, time.monotonic())
+        st.tunnel_live, st.tunnel_detail = verdict.state, verdict.reason
+        st.key_confirmed = verdict.confirmed
+        st.rx_bytes, st.tx_bytes = health.rx_bytes, health.tx_bytes
+        st.last_handshake_age_s = health.last_handshake_age_s
+        self.ctx.telemetry.tunnel_health(self.peer.id, verdict.state == "live",
+                                         health.rx_bytes, health.tx_bytes)
+        if verdict.state == DOWN and was != DOWN:
+            if self._last_failure is not None:
+                # What the last attempt ran into is the likeliest cause: say it.
+                verdict.reason = f"{verdict.reason}; last attempt: {self._last_failure}"
+                st.tunnel_detail = verdict.reason
+            st.tunnel_downs += 1
+            st.last_tunnel_down, st.last_tunnel_down_at = verdict.reason, time.time()
+            st.last_error, st.last_error_at = f"tunnel down: {verdict.reason}", time.time()
+            self.log.error("tunnel down: %s", verdict.reason)
+            self.ctx.telemetry.alarm("tunnel_down", self.peer.id, True, verdict.reason)
+        elif was == DOWN and verdict.state != DOWN:
+            self.log.info("tunnel live again: %s", verdict.reason)
+            self.ctx.telemetry.alarm("tunnel_down", self.peer.id, False, verdict.reason)
+        self._refresh_state()
+
+    def _refresh_state(self) -> None:
+        """The shown state: the key's state, held back to pending/down by liveness."""
+        st = self.status
+        shown = st.key_state
+        if shown not in ("starting", "blocked"):
+            live = self._liveness.verdict.state
+            if live == DOWN:
+                shown = "down"
+            elif live == PENDING:
+                shown = "pending"
+        if shown != st.state:
+            old, st.state = st.state, shown
+            self.ctx.telemetry.policy_changed(self.peer.id, old, shown)
+            self._publish()
