@@ -27,6 +27,7 @@ from gateway.handshake import (
     FetchQkdKeysById,
     HandshakeFailed,
     InitiatorHandshake,
+    InitiatorState,
     InstallKey,
     Rejected,
     ResponderHandshake,
@@ -368,8 +369,18 @@ class PeerSession(TunnelWatch):
                 if self.log.isEnabledFor(logging.DEBUG):
                     self.log.debug("frame of %d bytes at +%.2f ms", len(frame),
                                    (time.monotonic() - started) * 1e3)
-            except FrameError as exc:
+            except (FrameError, SessionFailure) as exc:
+                lost_done = getattr(machine, "state", None) is InitiatorState.AWAIT_DONE
                 queue.extend(machine.abort(FailureReason.TIMEOUT, time.time()))
+                if lost_done:
+                    # The responder installs before it sends DONE: it may now hold a
+                    # key we never installed. A new epoch puts both ends on one key.
+                    how = "the connection closed" if isinstance(exc, SessionFailure) else exc
+                    raise SessionFailure("no_done", f"no DONE from the peer ({how}): the peer "
+                                         "may hold the new key; retrying with a new epoch"
+                                         ) from None
+                if isinstance(exc, SessionFailure):
+                    raise
                 raise SessionFailure("transport", str(exc)) from None
             queue.extend(machine.on_message(frame, time.time()))
         if installed_epoch is None:
