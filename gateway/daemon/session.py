@@ -39,7 +39,14 @@ from gateway.tunnels.base import TunnelDriver, TunnelError
 from kms_client import KmsError
 
 from . import keypolicy
-from .channel import Channel, OutgoingChannel, SessionFailure, as_failure, describe_kms_error
+from .channel import (
+    Channel,
+    OutgoingChannel,
+    SessionFailure,
+    as_failure,
+    describe_kms_error,
+    receive_failure,
+)
 from .context import DaemonContext
 from .framing import FrameError
 from .keypolicy import KEY_BUDGET_WINDOW_S, PREFETCH_RESERVE_EPOCHS, KeyBudget
@@ -370,18 +377,9 @@ class PeerSession(TunnelWatch):
                     self.log.debug("frame of %d bytes at +%.2f ms", len(frame),
                                    (time.monotonic() - started) * 1e3)
             except (FrameError, SessionFailure) as exc:
-                lost_done = getattr(machine, "state", None) is InitiatorState.AWAIT_DONE
+                awaiting_done = getattr(machine, "state", None) is InitiatorState.AWAIT_DONE
                 queue.extend(machine.abort(FailureReason.TIMEOUT, time.time()))
-                if lost_done:
-                    # The responder installs before it sends DONE: it may now hold a
-                    # key we never installed. A new epoch puts both ends on one key.
-                    how = "the connection closed" if isinstance(exc, SessionFailure) else exc
-                    raise SessionFailure("no_done", f"no DONE from the peer ({how}): the peer "
-                                         "may hold the new key; retrying with a new epoch"
-                                         ) from None
-                if isinstance(exc, SessionFailure):
-                    raise
-                raise SessionFailure("transport", str(exc)) from None
+                raise receive_failure(exc, awaiting_done) from None
             queue.extend(machine.on_message(frame, time.time()))
         if installed_epoch is None:
             raise SessionFailure("incomplete", "handshake ended without a key")
