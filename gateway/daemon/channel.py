@@ -90,6 +90,18 @@ class OutgoingChannel:
             await self._channel.close()
 
 
+def receive_failure(exc: FrameError | SessionFailure, awaiting_done: bool) -> SessionFailure:
+    """The failure when the next frame did not come. Awaiting DONE, it says so: the
+    responder installs before it sends DONE, so it may hold a key we never installed,
+    and the retry's new epoch puts both ends on one key."""
+    if awaiting_done:
+        how = "the connection closed" if isinstance(exc, SessionFailure) else str(exc)
+        return SessionFailure("no_done", f"no DONE from the peer ({how}): the peer may hold "
+                              "the new key; retrying with a new epoch")
+    if isinstance(exc, SessionFailure):
+        return exc
+    return SessionFailure("transport", str(exc))
+
 
 def describe_kms_error(exc: Exception) -> str:
     if isinstance(exc, KmeUnavailable):

@@ -27,6 +27,7 @@ from gateway.handshake import (
     FetchQkdKeysById,
     HandshakeFailed,
     InitiatorHandshake,
+    InitiatorState,
     InstallKey,
     Rejected,
     ResponderHandshake,
@@ -38,7 +39,14 @@ from gateway.tunnels.base import TunnelDriver, TunnelError
 from kms_client import KmsError
 
 from . import keypolicy
-from .channel import Channel, OutgoingChannel, SessionFailure, as_failure, describe_kms_error
+from .channel import (
+    Channel,
+    OutgoingChannel,
+    SessionFailure,
+    as_failure,
+    describe_kms_error,
+    receive_failure,
+)
 from .context import DaemonContext
 from .framing import FrameError
 from .keypolicy import KEY_BUDGET_WINDOW_S, PREFETCH_RESERVE_EPOCHS, KeyBudget
@@ -368,9 +376,10 @@ class PeerSession(TunnelWatch):
                 if self.log.isEnabledFor(logging.DEBUG):
                     self.log.debug("frame of %d bytes at +%.2f ms", len(frame),
                                    (time.monotonic() - started) * 1e3)
-            except FrameError as exc:
+            except (FrameError, SessionFailure) as exc:
+                awaiting_done = getattr(machine, "state", None) is InitiatorState.AWAIT_DONE
                 queue.extend(machine.abort(FailureReason.TIMEOUT, time.time()))
-                raise SessionFailure("transport", str(exc)) from None
+                raise receive_failure(exc, awaiting_done) from None
             queue.extend(machine.on_message(frame, time.time()))
         if installed_epoch is None:
             raise SessionFailure("incomplete", "handshake ended without a key")

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from gateway.daemon.channel import OutgoingChannel, SessionFailure
+from gateway.daemon.channel import OutgoingChannel, SessionFailure, receive_failure
 from gateway.daemon.framing import FrameError
 
 
@@ -64,3 +64,15 @@ async def test_an_unreachable_peer_is_reported_when_init_goes() -> None:
     with pytest.raises(SessionFailure) as err:
         await channel.send(b"INIT")
     assert err.value.reason == "peer_unreachable"
+
+
+def test_a_hang_up_while_awaiting_done_names_the_lost_done() -> None:
+    hung_up = SessionFailure("peer_aborted", "gw-b closed the handshake without an answer")
+    lost = receive_failure(hung_up, awaiting_done=True)
+    assert lost.reason == "no_done"
+    assert "no DONE from the peer" in lost.detail and "new epoch" in lost.detail
+    assert "KME" not in lost.detail  # not the peer_aborted guess: the peer did answer
+    assert receive_failure(hung_up, awaiting_done=False) is hung_up
+    late = receive_failure(FrameError("no complete frame within 10 s"), awaiting_done=True)
+    assert late.reason == "no_done" and "no complete frame within 10 s" in late.detail
+    assert receive_failure(FrameError("x"), awaiting_done=False).reason == "transport"
