@@ -388,7 +388,7 @@ class PeerSession(TunnelWatch):
             await self.driver.activate(installed_epoch)
             self.status.consecutive_failures = 0  # the tunnel took the key
             self._last_failure = None
-            await self._check_liveness()
+            await self._check_liveness(in_handshake=True)
 
     def _commit(self, machine: Any, action: CommitEpoch) -> list[Any]:
         try:

@@ -88,10 +88,10 @@ class TunnelWatch:
             await asyncio.sleep(LIVENESS_POLL_S)
             await self._check_liveness()
 
-    async def _check_liveness(self) -> None:
+    async def _check_liveness(self, in_handshake: bool = False) -> None:
         """Ask the data plane whether the tunnel carries traffic; `down` past the bound."""
         st = self.status
-        if st.key_state in ("starting", "blocked") or self._lock.locked():
+        if st.key_state in ("starting", "blocked") or (self._lock.locked() and not in_handshake):
             return  # nothing to judge, or a handshake (and its activation) is under way
         try:
             health = await asyncio.wait_for(self.driver.health(), 5)
