@@ -75,7 +75,9 @@ def test_int_uqkd_satellite_passes_relay_and_policies(open_run: OpenRun) -> None
             time.sleep(0.3)
         gap_end = passes.start(k + 1)
         for t in sat:
-            assert _state(run, t, "a") == "ok" and _state(run, t, "b") == "ok", _states(run)
+            # ok once the data plane carries it (a WireGuard retry within 5 s).
+            assert run.sitelab.wait_for(lambda t=t: _state(run, t, "a") == "ok"
+                                        and _state(run, t, "b") == "ok", 8), _states(run)
 
         # 2. The pass ends with keys in the store; they are spent between passes.
         time.sleep(max(0.0, passes.end(k) - time.time()))
