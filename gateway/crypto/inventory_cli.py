@@ -1,4 +1,4 @@
-"""`qsgw crypto-inventory [--json]`: the crypto inventory (also `qsgw doctor --crypto`)."""
+"""The crypto inventory as text or JSON, for `qsgw doctor --crypto [--json]`."""
 
 from __future__ import annotations
 
