@@ -37,6 +37,7 @@ from .context import DaemonContext
 from .control import ControlServer, resolve_host
 from .drivers import make_driver
 from .keysupply import KeySupply
+from .ratelog import RateLimitedLog, loop_error_handler
 from .sdnotify import SystemdNotifier
 from .session import PeerSession
 from .status import StatusServer
@@ -277,6 +278,7 @@ class GatewayDaemon:
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(loop_error_handler(RateLimitedLog(log)))
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -61,3 +63,22 @@ class RateLimitedLog:
                     self.logger.warning("%s: %d similar lines suppressed in the last %.0f s",
                                         key, w.suppressed, self.window_s)
                 del self._windows[key]
+
+
+def loop_error_handler(rlog: RateLimitedLog) -> Callable[[Any, dict[str, Any]], None]:
+    """An asyncio exception handler that logs each kind of loop error at a bounded rate.
+
+    asyncio's own servers (the status socket) log every failed accept(); at the
+    descriptor limit CPython retries up to its backlog at once, each with a
+    traceback: thousands of lines a second. The message names the kind.
+    """
+
+    def handler(loop: Any, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "event loop error")
+        exc = context.get("exception")
+        detail = ""
+        if isinstance(exc, BaseException):
+            detail = "\n" + "".join(traceback.format_exception(exc)).rstrip()
+        rlog.log(logging.ERROR, f"loop:{message[:80]}", "%s%s", message, detail)
+
+    return handler
