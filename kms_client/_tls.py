@@ -36,6 +36,11 @@ def normalise_sha256(value: str) -> str:
     return text
 
 
+#: TLS 1.2 suites offered unless `kme.tls.ciphers` says otherwise: forward secret,
+#: AEAD only (no SHA-1, no CBC), as BSI TR-02102-2 recommends.
+DEFAULT_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!DSS"
+
+
 @dataclass(frozen=True, slots=True)
 class TlsOptions:
     """How one KME endpoint's certificate is verified, and what TLS we offer it."""
@@ -135,6 +140,9 @@ def client_ssl_context(
     ctx.minimum_version = _VERSIONS[opts.min_version]
     ctx.check_hostname = opts.verify == "hostname"
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # An explicit default: Python's own depends on how it was built (Debian's python3
+    # takes OpenSSL's list, SHA-1 CBC suites included; python.org's does not).
+    ctx.set_ciphers(DEFAULT_TLS12_CIPHERS)
     if opts.ciphers is not None:
         try:
             ctx.set_ciphers(opts.ciphers)

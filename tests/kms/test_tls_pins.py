@@ -173,3 +173,18 @@ async def test_unknown_ca_message_names_the_ca_file(
             await client.status("SAE_B")
     assert info.value.kind == "unknown-ca"
     assert str(pki["ca"].ca_file) in str(info.value) and "kme.ca_file" in str(info.value)
+
+
+def test_the_default_offer_is_aead_and_forward_secret_whatever_python_was_built_with(
+    pki: dict[str, Any]
+) -> None:
+    # Debian's python3 takes OpenSSL's default list (SHA-1 CBC suites included); the
+    # client's own default must not depend on that.
+    from kms_client._tls import client_ssl_context
+
+    sae = pki["sae_a"]
+    names = [c["name"] for c in client_ssl_context(pki["ca"].ca_file, sae.cert, sae.key)
+             .get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert names and all(("GCM" in n or "CHACHA20" in n) and n.startswith(("ECDHE", "DHE"))
+                         for n in names), names
+    assert LEGACY not in names
