@@ -109,7 +109,9 @@ def classify(exc: BaseException, where: Where) -> tuple[TlsFailure | None, bool]
         if isinstance(cur, ssl.SSLCertVerificationError):
             return _server_cert_failure(cur, where), False
         if isinstance(cur, ssl.SSLError):
-            reason = (cur.reason or "").upper()
+            # Some Python builds' asyncio re-raise the handshake error without .reason:
+            # read the OpenSSL words from the message then.
+            reason = (cur.reason or str(cur)).upper()
             if any(r in reason for r in _VERSION):
                 return TlsFailure("version", (
                     f"KME at {where.url} and qsgw share no TLS version ({cur.reason}); qsgw "
@@ -123,8 +125,8 @@ def classify(exc: BaseException, where: Where) -> tuple[TlsFailure | None, bool]
                     f"KME at {where.url} refused the SAE certificate {where.cert_file} in the "
                     f"TLS handshake ({cur.reason}); the KME must trust the CA that issued it")), \
                     cipher
-            if isinstance(cur, ssl.SSLEOFError) or "EOF" in reason:
-                eof = True
+            # An EOF, or a TLS error we cannot read: one diagnostic handshake tells more.
+            eof = True
         if isinstance(cur, anyio.EndOfStream):
             eof = True
     return None, eof

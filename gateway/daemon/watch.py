@@ -6,6 +6,7 @@ A mixin of PeerSession: it reads and updates the session's status and liveness.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
@@ -86,19 +87,40 @@ class TunnelWatch:
     async def _liveness_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(LIVENESS_POLL_S)
-            await self._check_liveness()
+            try:
+                await self._check_liveness()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the watch must outlive any one bad sample
+                self.log.error("liveness check failed: %s: %s", type(exc).__name__, exc)
 
     async def _check_liveness(self, in_handshake: bool = False) -> None:
         """Ask the data plane whether the tunnel carries traffic; `down` past the bound."""
         st = self.status
-        if st.key_state in ("starting", "blocked") or (self._lock.locked() and not in_handshake):
-            return  # nothing to judge, or a handshake (and its activation) is under way
-        try:
-            health = await asyncio.wait_for(self.driver.health(), 5)
-        except TimeoutError:
-            health = TunnelHealth(up=False, detail="the tunnel driver did not answer within 5 s")
-        except TunnelError as exc:
-            health = TunnelHealth(up=False, detail=f"tunnel driver: {exc}")
+        if st.key_state in ("starting", "blocked"):
+            return  # nothing to judge
+        last: tuple[TunnelHealth, float] | None = getattr(self, "_last_health", None)
+        if self._lock.locked() and not in_handshake:
+            # A handshake (an IPsec initiation can take seconds) holds the driver:
+            # judge by the last sample, aged, so the bound still runs out on a dead tunnel.
+            health = TunnelHealth(up=False, detail="no data-plane sample yet")
+            if last is not None:
+                sample, at = last
+                age = sample.last_handshake_age_s
+                health = dataclasses.replace(
+                    sample, last_handshake_age_s=None if age is None
+                    else age + time.monotonic() - at)
+        else:
+            try:
+                health = await asyncio.wait_for(self.driver.health(), 5)
+            except TimeoutError:
+                health = TunnelHealth(up=False,
+                                      detail="the tunnel driver did not answer within 5 s")
+            except TunnelError as exc:
+                health = TunnelHealth(up=False, detail=f"tunnel driver: {exc}")
+            except Exception as exc:  # a driver bug must not stop the watch
+                health = TunnelHealth(up=False, detail=f"tunnel driver: {type(exc).__name__}")
+            self._last_health = (health, time.monotonic())
         was = self._liveness.verdict.state
         verdict = self._liveness.observe(health, time.monotonic())
         st.tunnel_live, st.tunnel_detail = verdict.state, verdict.reason
@@ -107,11 +129,13 @@ class TunnelWatch:
         st.last_handshake_age_s = health.last_handshake_age_s
         self.ctx.telemetry.tunnel_health(self.peer.id, verdict.state == "live",
                                          health.rx_bytes, health.tx_bytes)
+        if verdict.state == DOWN and self._last_failure is not None:
+            # What the latest attempt ran into is the likeliest cause: say it.
+            verdict.reason = f"{verdict.reason}; last attempt: {self._last_failure}"
+            st.tunnel_detail = verdict.reason
+            if was == DOWN:
+                st.last_tunnel_down = verdict.reason
         if verdict.state == DOWN and was != DOWN:
-            if self._last_failure is not None:
-                # What the last attempt ran into is the likeliest cause: say it.
-                verdict.reason = f"{verdict.reason}; last attempt: {self._last_failure}"
-                st.tunnel_detail = verdict.reason
             st.tunnel_downs += 1
             st.last_tunnel_down, st.last_tunnel_down_at = verdict.reason, time.time()
             st.last_error, st.last_error_at = f"tunnel down: {verdict.reason}", time.time()
