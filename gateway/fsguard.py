@@ -77,6 +77,20 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
         raise
 
 
+def write_private_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` (0600) through a temporary file, fsynced, then renamed
+    over it: a reader sees the old or the new file, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def read_secret(path: Path) -> bytes:
     """Read a secret file without following a symlink, after `check_secret`."""
     fd = open_nofollow(path, os.O_RDONLY)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from gateway.crypto.builtin import ED25519, ML_DSA_65
-from gateway.fsguard import open_nofollow
+from gateway.fsguard import open_nofollow, write_private_atomic
 from gateway.identity import LocalIdentity, PublicIdentity
 from gateway.journal import Journal, JournalError
 
@@ -52,15 +52,7 @@ def write_record(journal_path: Path, epochs: Mapping[str, int], identity: LocalI
            "sig_ed25519": base64.b64encode(ed).decode(),
            "sig_mldsa65": base64.b64encode(ml).decode()}
     path = record_path(journal_path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, json.dumps(doc, sort_keys=True).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private_atomic(path, json.dumps(doc, sort_keys=True).encode() + b"\n")
 
 
 def read_record(journal_path: Path, public: PublicIdentity) -> dict[str, int] | None:

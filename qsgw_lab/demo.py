@@ -31,7 +31,7 @@ from typing import Any
 
 from qsgw_lab.netns import NetnsLab, netns_unavailable_reason
 from qsgw_lab.sitelab import SiteLab, Tunnel, qsgw_argv, start_demo
-from qsgw_lab.verdict import PingTally, clip, keep_logs, once_only_check, why
+from qsgw_lab.verdict import PingTally, clip, once_only_check, report_failures, why
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"
@@ -202,10 +202,7 @@ def main() -> int:
             raise
         finally:
             sites.close()
-            if failures:
-                print(f"\nFAILED: {len(failures)} problem(s):")
-                print("\n".join(f"  {f}" for f in failures))
-                print(f"configs and logs kept in {keep_logs(Path(tmp), 'demo')}")
+            report_failures(failures, Path(tmp), "demo")
             shutil.rmtree(tmp, ignore_errors=True)
     print("demo finished: namespaces, daemons, wireguard-go and the simulator are gone")
     return 1 if failures else 0

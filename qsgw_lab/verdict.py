@@ -97,3 +97,12 @@ def keep_logs(workdir: Path, name: str) -> Path:
     shutil.copytree(workdir, dest, ignore=skip, ignore_dangling_symlinks=True,
                     dirs_exist_ok=True)
     return dest
+
+
+def report_failures(failures: list[str], workdir: Path, name: str) -> None:
+    """Print what failed, one line each, and keep the run's logs (their path printed)."""
+    if not failures:
+        return
+    print(f"\nFAILED: {len(failures)} problem(s):")
+    print("\n".join(f"  {f}" for f in failures))
+    print(f"configs and logs kept in {keep_logs(workdir, name)}")

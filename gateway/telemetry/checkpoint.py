@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.fsguard import open_nofollow
+from gateway.fsguard import open_nofollow, write_private_atomic
 from gateway.telemetry.audit_sign import AuditSigner, AuditVerifier
 
 
@@ -44,15 +44,7 @@ def checkpoint_path(trail: Path) -> Path:
 
 def write_checkpoint(trail: Path, doc: Mapping[str, Any]) -> None:
     path = checkpoint_path(trail)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, json.dumps(doc, sort_keys=True).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private_atomic(path, json.dumps(doc, sort_keys=True).encode() + b"\n")
 
 
 def check_checkpoint(doc: Mapping[str, Any], records: Iterable[Mapping[str, Any]],

@@ -21,7 +21,7 @@ from qsgw_lab.netns import NetnsLab, netns_unavailable_reason
 from qsgw_lab.scenarios import SCENARIOS, load
 from qsgw_lab.scenarios.runner import ScenarioRun
 from qsgw_lab.sitelab import start_demo
-from qsgw_lab.verdict import keep_logs
+from qsgw_lab.verdict import report_failures
 
 PREFIX = "scen"
 
@@ -70,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         finally:
             run.close()
-            if failures:
-                print(f"\nFAILED: {len(failures)} problem(s):")
-                print("\n".join(f"  {f}" for f in failures))
-                print(f"configs and logs kept in {keep_logs(Path(tmp), args.name)}")
+            report_failures(failures, Path(tmp), args.name)
             shutil.rmtree(tmp, ignore_errors=True)
     print("scenario finished: namespaces, daemons, tunnels and the simulator are gone")
     return 1 if failures else 0

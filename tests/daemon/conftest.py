@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +17,25 @@ ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"
 
 
-@pytest.fixture
-def sitelab() -> Iterator[SiteLab]:
+@contextlib.contextmanager
+def site_lab(prefix: str) -> Iterator[SiteLab]:
+    """Whole sites under a namespace prefix of their own (so that two labs never clean up
+    each other's namespaces); the daemons' last log lines are printed on failure."""
     require("netns", "wireguard-go", "wg", "ping", "tun")
-    with tempfile.TemporaryDirectory(prefix="qsgw-test-") as tmp, \
-            NetnsLab(prefix="qsgwd") as lab:
+    with tempfile.TemporaryDirectory(prefix=f"qsgw-{prefix}-") as tmp, \
+            NetnsLab(prefix=prefix) as lab:
         sites = SiteLab(lab, Path(tmp), TOPOLOGY)
         try:
             yield sites
         finally:
             sites.close()
             _dump_logs_on_failure(Path(tmp))
+
+
+@pytest.fixture
+def sitelab() -> Iterator[SiteLab]:
+    with site_lab("qsgwd") as sites:
+        yield sites
 
 
 def _dump_logs_on_failure(tmp: Path) -> None:

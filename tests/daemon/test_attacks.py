@@ -9,33 +9,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _requires import require
 
-from qsgw_lab.netns import NetnsLab
 from qsgw_lab.sitelab import CONTROL_PORT, SiteLab
 
-from .conftest import TOPOLOGY, _dump_logs_on_failure, two_sites
+from .conftest import site_lab, two_sites
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def atklab() -> Iterator[SiteLab]:
-    require("netns", "wireguard-go", "wg", "ping", "tun")
-    with tempfile.TemporaryDirectory(prefix="qsgw-atk-") as tmp, NetnsLab(prefix="qsatk") as lab:
-        sites = SiteLab(lab, Path(tmp), TOPOLOGY)
-        try:
-            yield sites
-        finally:
-            sites.close()
-            _dump_logs_on_failure(Path(tmp))
-
+    with site_lab("qsatk") as sites:
+        yield sites
 
 def _epoch(sites: SiteLab, site: object, peer: str) -> int:
     st = sites.peer_status(site, peer)  # type: ignore[arg-type]

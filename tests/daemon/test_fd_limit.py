@@ -6,18 +6,15 @@ from __future__ import annotations
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _requires import require
 
-from qsgw_lab.netns import NetnsLab
 from qsgw_lab.sitelab import CONTROL_PORT, Site, SiteLab, qsgw_argv
 
-from .conftest import TOPOLOGY, _dump_logs_on_failure
+from .conftest import site_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 SPAWN_NOFILE = 96  # the cap on control connections is sized from this at start
@@ -25,16 +22,8 @@ SPAWN_NOFILE = 96  # the cap on control connections is sized from this at start
 
 @pytest.fixture
 def fdlab() -> Iterator[SiteLab]:
-    require("netns", "wireguard-go", "wg", "ping", "tun")
-    with tempfile.TemporaryDirectory(prefix="qsgw-fd-") as tmp, \
-            NetnsLab(prefix="qsjrn") as lab:
-        sites = SiteLab(lab, Path(tmp), TOPOLOGY)
-        try:
-            yield sites
-        finally:
-            sites.close()
-            _dump_logs_on_failure(Path(tmp))
-
+    with site_lab("qsjrn") as sites:
+        yield sites
 
 def _start_limited(sites: SiteLab, site: Site) -> None:
     sites.write_config(site)

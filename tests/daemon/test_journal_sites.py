@@ -6,33 +6,22 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _requires import require
 
-from qsgw_lab.netns import NetnsLab
 from qsgw_lab.sitelab import Site, SiteLab, qsgw_argv
 
-from .conftest import TOPOLOGY, _dump_logs_on_failure, two_sites
+from .conftest import site_lab, two_sites
 
 
 @pytest.fixture
 def jlab() -> Iterator[SiteLab]:
-    require("netns", "wireguard-go", "wg", "ping", "tun")
-    with tempfile.TemporaryDirectory(prefix="qsgw-jrn-") as tmp, \
-            NetnsLab(prefix="qsjrn") as lab:
-        sites = SiteLab(lab, Path(tmp), TOPOLOGY)
-        try:
-            yield sites
-        finally:
-            sites.close()
-            _dump_logs_on_failure(Path(tmp))
-
+    with site_lab("qsjrn") as sites:
+        yield sites
 
 def _peer(sites: SiteLab, site: Site, peer: Site) -> dict[str, Any]:
     return sites.peer_status(site, peer.gateway_id) or {}

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from _requires import require
 
-from qsgw_lab.netns import NetnsLab
 from qsgw_lab.sitelab import SiteLab
 from tests.liboqs_gate import require_liboqs
 
-from .conftest import TOPOLOGY, _dump_logs_on_failure
+from .conftest import site_lab
 
 pytestmark = pytest.mark.netns
 
@@ -28,16 +24,8 @@ def test_liboqs_suite_keys_a_wireguard_tunnel(sitelab: SiteLab, suite: str, kem:
 @pytest.fixture
 def mce_sitelab() -> Iterator[SiteLab]:
     """A lab of its own prefix (qsmce), so it never collides with other labs."""
-    require("netns", "wireguard-go", "wg", "ping", "tun")
-    with tempfile.TemporaryDirectory(prefix="qsgw-mce-") as tmp, \
-            NetnsLab(prefix="qsmce") as lab:
-        sites = SiteLab(lab, Path(tmp), TOPOLOGY)
-        try:
-            yield sites
-        finally:
-            sites.close()
-            _dump_logs_on_failure(Path(tmp))
-
+    with site_lab("qsmce") as sites:
+        yield sites
 
 def test_mceliece_static_keys_made_by_keygen_key_a_wireguard_tunnel(
     mce_sitelab: SiteLab,

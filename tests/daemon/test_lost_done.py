@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,13 @@ from typing import Any
 import pytest
 from _requires import require
 
-from qsgw_lab.netns import NetnsLab
 from qsgw_lab.sitelab import CONTROL_PORT, Site, SiteLab, Tunnel
+
+from .conftest import site_lab
 
 pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parents[2]
-TOPOLOGY = ROOT / "configs" / "topologies" / "madqci.yaml"
 PROXY = "127.0.0.1:7900"  # in the initiator's namespace
 # The first backed-off retry waits 0.5-1.0 x this: long enough to look at the
 # split state, short against the rekey interval.
@@ -38,19 +37,8 @@ HEAL_BOUND_S = 30.0
 
 @pytest.fixture
 def donelab() -> Iterator[SiteLab]:
-    require("netns", "wireguard-go", "wg", "ping", "tun")
-    with tempfile.TemporaryDirectory(prefix="qsgw-test-") as tmp, \
-            NetnsLab(prefix="qsdone") as lab:
-        sites = SiteLab(lab, Path(tmp), TOPOLOGY)
-        try:
-            yield sites
-        finally:
-            sites.close()
-            for log in sorted(Path(tmp).glob("*/daemon.log")):
-                lines = log.read_text(errors="replace").splitlines()[-60:]
-                print(f"--- {log.parent.name}/daemon.log (last {len(lines)} lines)")
-                print("\n".join(lines))
-
+    with site_lab("qsdone") as sites:
+        yield sites
 
 def _through_proxy(sites: SiteLab, kind: str, drop_done: int
                    ) -> tuple[Site, Site, Tunnel, Path]:
