@@ -129,9 +129,11 @@ class TunnelWatch:
         st.last_handshake_age_s = health.last_handshake_age_s
         self.ctx.telemetry.tunnel_health(self.peer.id, verdict.state == "live",
                                          health.rx_bytes, health.tx_bytes)
-        if verdict.state == DOWN and self._last_failure is not None:
-            # What the latest attempt ran into is the likeliest cause: say it.
-            verdict.reason = f"{verdict.reason}; last attempt: {self._last_failure}"
+        cause = self._last_failure
+        if verdict.state == DOWN and cause is not None and cause.startswith("tunnel:"):
+            # What the latest attempt's tunnel ran into is the likeliest cause: say it
+            # (a KME outage meanwhile is its own alarm, not why the tunnel is down).
+            verdict.reason = f"{verdict.reason}; last attempt: {cause}"
             st.tunnel_detail = verdict.reason
             if was == DOWN:
                 st.last_tunnel_down = verdict.reason
