@@ -16,7 +16,7 @@ from typing import Any
 
 import aiomqtt
 
-from gateway.telemetry.mqtt import MqttSettings, _read_password, topic_segment
+from gateway.telemetry.mqtt import MqttSettings, client_args, topic_segment
 
 
 class CheckpointFetchError(Exception):
@@ -40,19 +40,7 @@ def settings_from_config(config: Any) -> MqttSettings:
 
 def _client_args(s: MqttSettings, gateway_id: str) -> dict[str, Any]:
     # Not the daemon's client ID: a second connection under it would kick the daemon off.
-    args: dict[str, Any] = {"hostname": s.host, "port": s.port, "keepalive": s.keepalive,
-                            "identifier": f"qsgw-audit-verify-{topic_segment(gateway_id)}",
-                            "timeout": s.publish_timeout_s}
-    if s.username is not None:
-        args["username"] = s.username
-        if s.password_file is not None:
-            args["password"] = _read_password(s.password_file)
-    if s.tls:
-        args["tls_params"] = aiomqtt.TLSParameters(
-            ca_certs=str(s.ca_file) if s.ca_file else None,
-            certfile=str(s.cert_file) if s.cert_file else None,
-            keyfile=str(s.key_file) if s.key_file else None)
-    return args
+    return client_args(s, f"qsgw-audit-verify-{topic_segment(gateway_id)}")
 
 
 async def fetch_checkpoint(settings: MqttSettings, gateway_id: str,

@@ -93,6 +93,26 @@ def _read_password(path: Path) -> str:
         raise MqttSettingsError(f"mqtt.password_file {path}: {exc.strerror}") from None
 
 
+def client_args(s: MqttSettings, identifier: str,
+                will: aiomqtt.Will | None = None) -> dict[str, Any]:
+    """aiomqtt.Client's arguments for these settings, under `identifier` (one client ID
+    per connection: a second connection under an ID kicks the first off the broker)."""
+    args: dict[str, Any] = {"hostname": s.host, "port": s.port, "keepalive": s.keepalive,
+                            "identifier": identifier, "timeout": s.publish_timeout_s}
+    if will is not None:
+        args["will"] = will
+    if s.username is not None:
+        args["username"] = s.username
+        if s.password_file is not None:
+            args["password"] = _read_password(s.password_file)
+    if s.tls:
+        args["tls_params"] = aiomqtt.TLSParameters(
+            ca_certs=str(s.ca_file) if s.ca_file else None,
+            certfile=str(s.cert_file) if s.cert_file else None,
+            keyfile=str(s.key_file) if s.key_file else None)
+    return args
+
+
 @dataclass
 class _Message:
     topic: str
@@ -204,26 +224,8 @@ class MqttPublisher:
         self.connected = False
 
     def _client_args(self) -> dict[str, Any]:
-        s = self.settings
-        args: dict[str, Any] = {
-            "hostname": s.host,
-            "port": s.port,
-            "keepalive": s.keepalive,
-            "identifier": f"qsgw-{topic_segment(self.gateway_id)}",
-            "will": aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True),
-            "timeout": s.publish_timeout_s,
-        }
-        if s.username is not None:
-            args["username"] = s.username
-            if s.password_file is not None:
-                args["password"] = _read_password(s.password_file)
-        if s.tls:
-            args["tls_params"] = aiomqtt.TLSParameters(
-                ca_certs=str(s.ca_file) if s.ca_file else None,
-                certfile=str(s.cert_file) if s.cert_file else None,
-                keyfile=str(s.key_file) if s.key_file else None,
-            )
-        return args
+        return client_args(self.settings, f"qsgw-{topic_segment(self.gateway_id)}",
+                           will=aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True))
 
     async def _run(self) -> None:
         delay = self.settings.reconnect_min_s
