@@ -213,6 +213,13 @@ class PgJournal:
             (self.gateway_id, peer_id)).fetchone())
         return 0 if row is None else int(row[0])
 
+    def last_epoch_by(self, peer_id: str) -> tuple[int, str | None]:
+        """The last epoch for the peer and the member that committed it."""
+        row = self._run(lambda c: c.execute(
+            "SELECT epoch, member FROM qsgw_epochs WHERE gateway_id = %s AND peer_id = %s",
+            (self.gateway_id, peer_id)).fetchone())
+        return (0, None) if row is None else (int(row[0]), str(row[1]))
+
     def epochs(self) -> dict[str, int]:
         rows = self._run(lambda c: c.execute(
             "SELECT peer_id, epoch FROM qsgw_epochs WHERE gateway_id = %s",

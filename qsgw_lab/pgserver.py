@@ -51,7 +51,7 @@ class PgServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 55432,
                  popen: Callable[[Sequence[str]], subprocess.Popen[Any]] | None = None,
-                 synchronous_commit: str = "on") -> None:
+                 synchronous_commit: str = "on", allow: str | None = None) -> None:
         bindir = pg_bindir()
         if bindir is None:
             raise PgServerError("PostgreSQL is not installed (apt-get install postgresql)")
@@ -64,6 +64,7 @@ class PgServer:
         self.sockdir = self.base / "sock"
         self.password_file = self.base / "qsgw.password"
         self.synchronous_commit = synchronous_commit
+        self.allow = allow  # a client network (CIDR) allowed in with the password
         self.proc: subprocess.Popen[Any] | None = None
         self._password = secrets.token_urlsafe(18)
         try:
@@ -91,6 +92,9 @@ class PgServer:
             capture_output=True, text=True, timeout=120, check=False)
         if res.returncode != 0:
             raise PgServerError(f"initdb failed: {res.stderr.strip()[-500:]}")
+        if self.allow is not None:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host qsgw qsgw {self.allow} scram-sha-256\n")
 
     def start(self, timeout_s: float = 30.0) -> None:
         if self.proc is not None and self.proc.poll() is None:

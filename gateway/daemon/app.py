@@ -267,6 +267,8 @@ class GatewayDaemon:
     async def _role_changed(self, active: bool) -> None:
         """A takeover (or the loss of the virtual address): in the audit trail and metrics."""
         assert self.config.ha is not None and self._telemetry is not None
+        if isinstance(self._journal, SharedJournal):
+            self._journal.reset()
         self._telemetry.ha_role(self.config.ha.member, active,
                                 f"virtual address {self.config.ha.virtual_address} "
                                 f"{'taken over' if active else 'lost'}")

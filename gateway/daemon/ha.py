@@ -131,19 +131,28 @@ class SharedJournal:
         self._gateway_id = gateway_id
         self.conflicts = 0
         self.last_conflict: float | None = None
+        self._mine: dict[str, int] = {}  # the last epoch this member committed, per peer
 
     def commit(self, peer_id: str, epoch: int | None, key_ids: Iterable[str]) -> None:
         try:
             self.inner.commit(peer_id, epoch, key_ids)
         except (KeyReuseError, StaleEpochError) as exc:
             if exc.member is not None and exc.member != self.member:
-                self.conflicts += 1
-                self.last_conflict = time.monotonic()
-                log.critical("split brain: %s; member %s is making epochs too, and the "
-                             "journal refused this one", exc, exc.member)
-                self._telemetry.alarm("split_brain", self._gateway_id, True,
-                                      f"member {exc.member} committed first: {exc}")
+                self._conflict(f"member {exc.member} committed first, this commit is "
+                               f"refused: {exc}")
             raise
+        if epoch is not None:
+            self._mine[peer_id] = epoch
+
+    def reset(self) -> None:
+        """A role change: epochs the other member makes from now on are expected."""
+        self._mine.clear()
+
+    def _conflict(self, detail: str) -> None:
+        self.conflicts += 1
+        self.last_conflict = time.monotonic()
+        log.critical("split brain: %s", detail)
+        self._telemetry.alarm("split_brain", self._gateway_id, True, detail)
 
     def tick(self) -> None:
         """Periodic: clear the split_brain alarm once conflicts have stopped."""
@@ -163,7 +172,17 @@ class SharedJournal:
         return self.inner.is_consumed(key_id)
 
     def last_epoch(self, peer_id: str) -> int:
-        return self.inner.last_epoch(peer_id)
+        by = getattr(self.inner, "last_epoch_by", None)
+        if by is None:
+            return self.inner.last_epoch(peer_id)
+        epoch, member = by(peer_id)
+        mine = self._mine.get(peer_id)
+        if mine is not None and member not in (None, self.member) and epoch > mine:
+            # Since our own last epoch, while we hold the role, the other member made one.
+            self._conflict(f"member {member} committed epoch {epoch} for {peer_id} after "
+                           f"this member's {mine}: both members are active")
+            self._mine[peer_id] = epoch
+        return int(epoch)
 
     def epochs(self) -> dict[str, int]:
         return self.inner.epochs()

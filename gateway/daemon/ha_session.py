@@ -43,6 +43,8 @@ class HaDriver:
             setattr(self.inner, name, value)
 
     async def start(self) -> None:
+        if hasattr(self.inner, "start_silent"):
+            self.inner.start_silent = True  # the standby must never reach the peer
         await self.inner.start()
 
     async def install_key(self, epoch: int, key: bytes) -> None:

@@ -168,6 +168,7 @@ class WireGuardUapiDriver:
         self._proc: subprocess.Popen[bytes] | None = None
         self._proc_log: IO[bytes] | None = None
         self._epoch: int | None = None
+        self.start_silent = False  # an HA member: no keepalive until handshake_now()
 
     def __repr__(self) -> str:
         return f"WireGuardUapiDriver({self.ifname!r}, manage={self.settings.manage!r})"
@@ -188,7 +189,8 @@ class WireGuardUapiDriver:
         lines = [f"private_key={private.hex()}"]
         if s.listen_port is not None:
             lines.append(f"listen_port={s.listen_port}")
-        lines += await self._peer_lines(endpoint=None)
+        # An HA standby starts silent: a keepalive would be a handshake to the peer.
+        lines += await self._peer_lines(endpoint=None, keepalive=0 if self.start_silent else None)
         fresh = not await self._answers()
         if fresh:
             # Fail closed: until the first epoch key arrives, no handshake can
