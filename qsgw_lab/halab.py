@@ -34,7 +34,7 @@ PG_ADDRESS = "198.51.100.240"
 PG_NS = "pg"
 VRRP_ADVERT_S = 0.2  # VRRPv3 centiseconds: the backup takes over after ~3.5 adverts
 PING_INTERVAL_S = 0.05
-_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)")
+_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+) .*time=([\d.]+) ms")
 
 
 @dataclass
@@ -234,14 +234,15 @@ class HaLab:
             assert pinger.stdout is not None
             for line in pinger.stdout:
                 got = _REPLY.match(line)
-                if got:
-                    self._replies.append((float(got.group(1)), int(got.group(2))))
+                if got:  # stamped when the request left: a late reply is no recovery
+                    sent = float(got.group(1)) - float(got.group(3)) / 1e3
+                    self._replies.append((sent, int(got.group(2))))
 
         threading.Thread(target=read, daemon=True).start()
 
     def failover(self, died: float, timeout_s: float) -> tuple[float, int] | None:
-        """(seconds from `died` to the first reply after it, echo requests lost), None
-        when traffic did not come back within the bound."""
+        """(seconds from `died` to the first echo request sent after it that was answered,
+        echo requests lost), None when traffic did not come back within the bound."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             before = [r for r in self._replies if r[0] < died]
