@@ -84,7 +84,8 @@ class HaLab:
                 tun["endpoint"] = re.sub(r"^[^:]+:", f"{VIP}:", tun["endpoint"])
             if "remote_addrs" in tun:
                 tun["remote_addrs"] = [VIP]
-        # a2: a1's peers, with a2's own interface name (UAPI sockets are shared).
+        # a2: a1's peers, with a2's own interface name (UAPI sockets are shared) or
+        # its own charon.
         a2.peers = copy.deepcopy(a1.peers)
         for peer in a2.peers:
             tun = peer["tunnel"]
@@ -92,6 +93,8 @@ class HaLab:
                 tun["interface"] = self.lab.unique("wg0c")
             if "local_addrs" in tun:
                 tun["local_addrs"] = [VIP]
+                tun["vici_socket"] = f"unix://{s._charon(a2).vici_socket}"
+                self.lab.add_address(a2.name, "lo", f"{self.inner_a()}/32")
         for peer in a1.peers:
             if "local_addrs" in peer["tunnel"]:
                 peer["tunnel"]["local_addrs"] = [VIP]
@@ -178,6 +181,8 @@ class HaLab:
         """The member boots again: link up, without the stale address, as the standby."""
         m = self.members[name]
         self.lab.run(m.site.name, ["ip", "link", "set", "eth0", "up"], timeout=10, check=True)
+        if m.site.charon is not None:  # killed with the rest: a fresh one, as at boot
+            m.site.charon.restart()
         self._keepalived(m)
         self.sites.start_daemon(m.site)
 

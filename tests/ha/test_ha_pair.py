@@ -130,6 +130,12 @@ def test_a_killed_active_member_is_replaced_and_the_tunnel_carries_traffic_again
     for name in ("a1", "a2"):
         kinds = [r["type"] for r in _audit(ha.members[name].site)]
         assert "ha_takeover" in kinds, (name, kinds)
+    # `qsgw journal export` on a member reads the shared journal: the database's claims.
+    exported = subprocess.run(qsgw_argv("journal", "-c", str(ha.members["a2"].site.config_path),
+                                        "export"), capture_output=True, text=True, timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(k["key_id"] for k in json.loads(exported.stdout)["key_ids"]) == \
+        sorted(ha.key_ids_in_db())
     out = subprocess.run(qsgw_argv("status", "-c", str(ha.members["a1"].site.config_path)),
                          capture_output=True, text=True, timeout=30)
     assert "role active (member a1" in out.stdout and "journal postgresql ok" in out.stdout, \
@@ -182,3 +188,22 @@ def test_a_stopped_database_fails_both_members_closed_until_it_returns(pair: HaL
     assert ha.sites.wait_for(lambda: ha.b_epoch() > frozen, 30), "epochs did not resume"
     assert ha.wait_traffic(TRAFFIC_BACK_WITHIN_S)
     _no_key_id_twice(ha)
+
+
+def test_an_ipsec_pair_reauthenticates_with_a_fresh_ppk_on_takeover() -> None:
+    with ha_lab("h19hi") as ha:
+        require("charon", "charon-plugins", "swanctl")
+        ha.build(rekey=10.0, lifetime=60.0, kind="ipsec")
+        assert ha.b is not None
+        assert ha.wait_traffic(90), "the IPsec tunnel never carried traffic"
+        ha.start_pinger()
+        time.sleep(1.0)
+        epoch_before = ha.b_epoch()
+        died = ha.kill("a1")
+        got = ha.failover(died, TRAFFIC_BACK_WITHIN_S)
+        assert got is not None, "no traffic through the survivor's IPsec SA"
+        print(f"IPsec failover (s, echo requests lost): {got}")
+        assert ha.sites.wait_for(lambda: ha.b_epoch() > epoch_before, 10)
+        installed = _epochs_installed(ha.b)
+        assert installed == sorted(set(installed)), installed
+        _no_key_id_twice(ha)
