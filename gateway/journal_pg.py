@@ -109,10 +109,14 @@ class PgJournal:
         if self._failed_at is not None and now - self._failed_at < RECONNECT_HOLDOFF_S:
             raise JournalUnavailableError(f"journal database unreachable: {self.last_error}")
         try:
+            # A database cut off (packets dropped, not refused) must not hold a call for
+            # TCP's minutes: unacknowledged data and silent keepalives end it in seconds.
             conn = psycopg.connect(
                 self.conninfo, autocommit=True, password=read_password(self._password_file),
                 connect_timeout=self._connect_timeout, application_name=f"qsgw {self.member}",
-                options=f"-c statement_timeout={self._statement_timeout_ms}")
+                options=f"-c statement_timeout={self._statement_timeout_ms}",
+                tcp_user_timeout=self._statement_timeout_ms + 1000, keepalives=1,
+                keepalives_idle=1, keepalives_interval=1, keepalives_count=2)
             if not self._schema_ready:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))

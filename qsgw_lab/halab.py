@@ -199,6 +199,17 @@ class HaLab:
                 self.lab.run(m.site.name, ["nft", "delete", "table", "inet", "qsgwha"],
                              timeout=10)
 
+    def cut_database(self, cut: bool) -> None:
+        """The database's namespace drops PostgreSQL's packets (no refusal: a partition)."""
+        if cut:
+            script = ("add table inet qsgwpg\n"
+                      "add chain inet qsgwpg in { type filter hook input priority 0 ; }\n"
+                      "add rule inet qsgwpg in tcp dport 5432 drop\n")
+            subprocess.run(self.lab.argv_in(PG_NS, ["nft", "-f", "-"]), input=script,
+                           text=True, capture_output=True, timeout=10, check=True)
+        else:
+            self.lab.run(PG_NS, ["nft", "delete", "table", "inet", "qsgwpg"], timeout=10)
+
     # ------------------------------------------------------------------ observation
 
     def holds_vip(self, name: str) -> bool:

@@ -169,10 +169,15 @@ def test_split_brain_lets_the_database_pick_one_commit_per_epoch(pair: HaLab) ->
     _no_key_id_twice(ha)
 
 
-def test_a_stopped_database_fails_both_members_closed_until_it_returns(pair: HaLab) -> None:
+@pytest.mark.parametrize("fault", ["stopped", "cut off"])
+def test_a_lost_database_fails_both_members_closed_until_it_returns(
+        pair: HaLab, fault: str) -> None:
     ha = pair
     assert ha.b is not None and ha.pg is not None
-    ha.pg.stop()
+    if fault == "stopped":
+        ha.pg.stop()
+    else:
+        ha.cut_database(True)
     try:
         assert ha.sites.wait_for(lambda: all("journal_unavailable" in _alarms(ha, n)
                                              for n in ha.members), 15)
@@ -182,7 +187,10 @@ def test_a_stopped_database_fails_both_members_closed_until_it_returns(pair: HaL
         doc = ha.sites.status(ha.members["a1"].site) or {}
         assert doc["journal"]["backend"] == "postgresql" and not doc["journal"]["healthy"]
     finally:
-        ha.pg.start()
+        if fault == "stopped":
+            ha.pg.start()
+        else:
+            ha.cut_database(False)
     assert ha.sites.wait_for(lambda: not any("journal_unavailable" in _alarms(ha, n)
                                              for n in ha.members), 20)
     assert ha.sites.wait_for(lambda: ha.b_epoch() > frozen, 30), "epochs did not resume"
