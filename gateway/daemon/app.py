@@ -202,14 +202,12 @@ class GatewayDaemon:
             log.error("reload refused, keeping the running config:\n%s", exc)
             self._notifier.ready("reload refused")
             return
-        if new.gateway != self.config.gateway or new.kme != self.config.kme \
-                or new.control != self.config.control:
-            log.warning("reload: gateway, kme and control sections need a restart; "
-                        "applying peer changes only")
+        kept = ("gateway", "kme", "control", "journal", "ha")
+        if any(getattr(new, k) != getattr(self.config, k) for k in kept):
+            log.warning("reload: gateway, kme, control, journal and ha sections need a "
+                        "restart; applying peer changes only")
         diff = diff_peers(self.config, new)
-        self.config = new.model_copy(update={"gateway": self.config.gateway,
-                                             "kme": self.config.kme,
-                                             "control": self.config.control})
+        self.config = new.model_copy(update={k: getattr(self.config, k) for k in kept})
         assert self._ctx is not None
         self._ctx.config = self.config
         self._refresh_allowed()
