@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ PG_ADDRESS = "198.51.100.240"
 PG_NS = "pg"
 VRRP_ADVERT_S = 0.2  # VRRPv3 centiseconds: the backup takes over after ~3.5 adverts
 PING_INTERVAL_S = 0.05
+METRICS_PORT = 9814  # each member's Prometheus endpoint, on its namespace's loopback
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+) .*time=([\d.]+) ms")
 
 
@@ -129,7 +131,8 @@ class HaLab:
         return {"control": {"listen": f"0.0.0.0:{CONTROL_PORT}"},
                 "journal": {"backend": "postgresql", "conninfo": self.pg.conninfo(),
                             "password_file": str(self.pg.password_file)},
-                "ha": {"virtual_address": VIP, "member": name, "check_interval_s": 0.05}}
+                "ha": {"virtual_address": VIP, "member": name, "check_interval_s": 0.05},
+                "telemetry": {"metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"}}}
 
     def _keepalived(self, m: Member) -> None:
         conf = m.site.dir / "keepalived.conf"
@@ -227,6 +230,13 @@ class HaLab:
     def active(self) -> str | None:
         holders = [n for n in self.members if self.holds_vip(n)]
         return holders[0] if len(holders) == 1 else None
+
+    def metrics(self, name: str) -> str:
+        """The member's Prometheus exposition text, scraped inside its namespace."""
+        script = ("import urllib.request,sys;sys.stdout.write(urllib.request.urlopen("
+                  f"'http://127.0.0.1:{METRICS_PORT}/metrics',timeout=5).read().decode())")
+        return self.lab.run(self.members[name].site.name, [sys.executable, "-c", script],
+                            timeout=20, check=True).stdout
 
     def b_epoch(self) -> int:
         assert self.b is not None

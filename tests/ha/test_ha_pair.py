@@ -137,10 +137,23 @@ def test_a_killed_active_member_is_replaced_and_the_tunnel_carries_traffic_again
     installed = _epochs_installed(ha.b)
     assert installed == sorted(set(installed)), f"B saw an epoch go back: {installed}"
     _no_key_id_twice(ha)
-    # Each takeover is in the member's audit trail; `qsgw status` says the role.
+    # Each takeover is in the member's (verifiable) audit trail; `qsgw status` and the
+    # metrics say the role and the journal's health.
     for name in ("a1", "a2"):
-        kinds = [r["type"] for r in _audit(ha.members[name].site)]
+        site = ha.members[name].site
+        kinds = [r["type"] for r in _audit(site)]
         assert "ha_takeover" in kinds, (name, kinds)
+        trail = site.dir / "state" / "audit.jsonl"
+        verify = subprocess.run(qsgw_argv("audit", "verify", str(trail), "--identity",
+                                          str(site.dir / "identity")),
+                                capture_output=True, text=True, timeout=60)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    active = _the_active(ha)
+    standby_name = "a2" if active == "a1" else "a1"
+    assert f'qsgw_ha_active{{member="{active}"}} 1.0' in ha.metrics(active)
+    scraped = ha.metrics(standby_name)
+    assert f'qsgw_ha_active{{member="{standby_name}"}} 0.0' in scraped
+    assert 'qsgw_journal_up{backend="postgresql"} 1.0' in scraped
     # `qsgw journal export` on a member reads the shared journal: the database's claims.
     # (from the member's namespace: the database is reachable there)
     exported = ha.lab.run("a2", qsgw_argv("journal", "-c", str(ha.members["a2"].site.config_path),
@@ -148,10 +161,10 @@ def test_a_killed_active_member_is_replaced_and_the_tunnel_carries_traffic_again
     assert exported.returncode == 0, exported.stderr
     assert sorted(k["key_id"] for k in json.loads(exported.stdout)["key_ids"]) == \
         sorted(ha.key_ids_in_db())
-    out = subprocess.run(qsgw_argv("status", "-c", str(ha.members["a1"].site.config_path)),
+    out = subprocess.run(qsgw_argv("status", "-c", str(ha.members[active].site.config_path)),
                          capture_output=True, text=True, timeout=30)
-    assert "role active (member a1" in out.stdout and "journal postgresql ok" in out.stdout, \
-        out.stdout
+    assert f"role active (member {active}" in out.stdout, out.stdout
+    assert "journal postgresql ok" in out.stdout, out.stdout
 
 
 def test_split_brain_lets_the_database_pick_one_commit_per_epoch(pair: HaLab) -> None:
