@@ -97,6 +97,7 @@ class PgJournal:
         self._failed_at: float | None = None
         self.last_error: str | None = None
         self._schema_ready = False
+        self._unreplicated: str | None = None
         with contextlib.suppress(JournalUnavailableError):
             self._connection()  # early, so a bad DSN shows at start; an outage is no stop
 
@@ -128,8 +129,15 @@ class PgJournal:
                 f"journal database unreachable: {self.last_error}") from None
         except psycopg.Error as exc:
             raise JournalError(f"journal database refused the schema: {_describe(exc)}") from None
+        conn.add_notice_handler(self._notice)
         self._conn, self._failed_at, self.last_error = conn, None, None
         return conn
+
+    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        # A commit whose wait for the synchronous standby was cancelled (statement
+        # timeout) is committed on the primary only, and says so in a WARNING.
+        if "synchronous replication" in (diag.message_primary or ""):
+            self._unreplicated = diag.message_primary
 
     def _failed(self, exc: BaseException) -> None:
         self._failed_at = time.monotonic()
@@ -143,6 +151,13 @@ class PgJournal:
         """Run `fn(conn)`; a lost connection or a timeout becomes JournalUnavailableError."""
         with self._lock:
             conn = self._connection()
+            # statement_timeout does not cover COMMIT's wait for a synchronous standby
+            # (PostgreSQL disarms it first): with the standby gone that wait is endless.
+            # The client cancels it; the server then warns (see _notice), fail closed.
+            timer = threading.Timer(self._statement_timeout_ms / 1000 + 0.5,
+                                    lambda: self._cancel(conn))
+            timer.daemon = True
+            timer.start()
             try:
                 return fn(conn)
             except (psycopg.OperationalError, psycopg.errors.QueryCanceled) as exc:
@@ -151,6 +166,13 @@ class PgJournal:
                     f"journal database unreachable: {self.last_error}") from None
             except psycopg.Error as exc:
                 raise JournalError(f"journal database error: {_describe(exc)}") from None
+            finally:
+                timer.cancel()
+
+    @staticmethod
+    def _cancel(conn: psycopg.Connection[Any]) -> None:
+        with contextlib.suppress(psycopg.Error):
+            conn.cancel_safe(timeout=2.0)
 
     # ------------------------------------------------------------------ JournalStore
 
@@ -197,7 +219,14 @@ class PgJournal:
                     stale.member = by
                     raise stale
 
+        self._unreplicated = None
         self._run(work)
+        if self._unreplicated is not None:
+            # Fail closed: recorded (so never reused), but not durable beyond this server,
+            # so this epoch is not used; the caller aborts the handshake.
+            raise JournalUnavailableError(
+                f"journal commit not confirmed by the synchronous standby: "
+                f"{self._unreplicated}")
 
     def consume(self, peer_id: str, key_ids: Iterable[str], epoch: int | None = None) -> None:
         self.commit(peer_id, epoch, key_ids)

@@ -51,7 +51,9 @@ class PgServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 55432,
                  popen: Callable[[Sequence[str]], subprocess.Popen[Any]] | None = None,
-                 synchronous_commit: str = "on", allow: str | None = None) -> None:
+                 synchronous_commit: str = "on", allow: str | None = None,
+                 settings: dict[str, str] | None = None,
+                 replica_of: PgServer | None = None, name: str = "pg_a") -> None:
         bindir = pg_bindir()
         if bindir is None:
             raise PgServerError("PostgreSQL is not installed (apt-get install postgresql)")
@@ -66,7 +68,12 @@ class PgServer:
         self.synchronous_commit = synchronous_commit
         self.allow = allow  # a client network (CIDR) allowed in with the password
         self.proc: subprocess.Popen[Any] | None = None
-        self._password = secrets.token_urlsafe(18)
+        self.settings = dict(settings or {})
+        self.name = name  # a replica's application_name (synchronous_standby_names)
+        self.replica_of = replica_of
+        # A replica is a copy: the same roles, so the same password.
+        self._password: str = (replica_of.password if replica_of
+                               else secrets.token_urlsafe(18))
         try:
             self._initdb()
         except BaseException:
@@ -86,6 +93,9 @@ class PgServer:
         fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(self._password + "\n")
+        if self.replica_of is not None:
+            self._basebackup(self.replica_of)
+            return
         res = subprocess.run(_as_postgres([
             str(self.bindir / "initdb"), "-D", str(self.data), "-U", PG_USER,
             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"]),
@@ -96,6 +106,35 @@ class PgServer:
             with (self.data / "pg_hba.conf").open("a") as hba:
                 hba.write(f"host qsgw qsgw {self.allow} scram-sha-256\n")
 
+    def _basebackup(self, primary: PgServer) -> None:
+        """A streaming replica of `primary` (standby.signal), named for its sync setting."""
+        source = f"host={primary.sockdir} port={primary.port} user={PG_USER}"
+        res = subprocess.run(_as_postgres([
+            str(self.bindir / "pg_basebackup"), "-d", source, "-D", str(self.data), "-R",
+            "-X", "stream", "--no-sync", "--checkpoint=fast"]), capture_output=True, text=True,
+            timeout=120,
+            check=False)
+        if res.returncode != 0:
+            raise PgServerError(f"pg_basebackup failed: {res.stderr.strip()[-500:]}")
+        with (self.data / "postgresql.auto.conf").open("a") as conf:
+            conf.write(f"primary_conninfo = '{source} application_name={self.name}'\n")
+
+    def promote(self, timeout_s: float = 30.0) -> None:
+        """The replica becomes the primary (pg_ctl promote), once it accepts writes."""
+        res = subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "promote", "-w",
+                                           "-D", str(self.data)]),
+                             capture_output=True, text=True, timeout=timeout_s, check=False)
+        if res.returncode != 0:
+            raise PgServerError(f"promote failed: {res.stderr.strip()}")
+
+    def kill(self) -> None:
+        """SIGKILL the server (the primary is lost, no shutdown checkpoint)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
     def start(self, timeout_s: float = 30.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
@@ -105,7 +144,8 @@ class PgServer:
             "-p", str(self.port), "-c", f"listen_addresses={self.host}",
             "-c", f"synchronous_commit={self.synchronous_commit}",
             "-c", "fsync=on", "-c", "shared_buffers=16MB", "-c", "max_connections=40",
-            "-c", "logging_collector=off", "-c", "log_min_messages=warning"])
+            "-c", "logging_collector=off", "-c", "log_min_messages=warning",
+            *(a for k, v in self.settings.items() for a in ("-c", f"{k}={v}"))])
         # postgres writes its log to stderr; sh keeps it in the temp dir.
         self.proc = self._popen(["sh", "-c", 'exec "$@" 2>>"$0"', str(log), *argv])
         deadline = time.monotonic() + timeout_s
@@ -114,7 +154,8 @@ class PgServer:
                 tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
                 raise PgServerError(f"postgres exited {self.proc.returncode}: {tail}")
             if self._ready():
-                self._make_role()
+                if self.replica_of is None:
+                    self._make_role()
                 return
             time.sleep(0.1)
         raise PgServerError(f"postgres not ready within {timeout_s:g} s")
@@ -136,6 +177,18 @@ class PgServer:
             res = self._psql(sql)
             if res.returncode != 0:
                 raise PgServerError(f"{sql.split(' PASSWORD')[0]}: {res.stderr.strip()}")
+
+    def configure(self, name: str, value: str) -> None:
+        """ALTER SYSTEM SET name = 'value', then reload (e.g. synchronous_standby_names)."""
+        quoted = value.replace("'", "''")
+        for sql in (f"ALTER SYSTEM SET {name} = '{quoted}'", "SELECT pg_reload_conf()"):
+            res = self._psql(sql)
+            if res.returncode != 0:
+                raise PgServerError(f"{sql}: {res.stderr.strip()}")
+
+    @property
+    def password(self) -> str:
+        return self._password
 
     def conninfo(self) -> str:
         """The DSN a gateway uses (no password: that is in password_file)."""
