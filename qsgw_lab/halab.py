@@ -147,6 +147,9 @@ class HaLab:
             "global_defs {\n"
             f"  router_id qsgw_{m.name}\n  vrrp_version 3\n"
             "  vrrp_garp_master_delay 0\n  vrrp_garp_master_repeat 2\n"
+            # Realtime scheduling: a busy box (here: two cores, many daemons) must not
+            # starve the adverts for 3 intervals, or the backup takes over too.
+            "  vrrp_rt_priority 50\n"
             "}\n"
             "vrrp_instance QSGW {\n  state BACKUP\n  nopreempt\n  interface eth0\n"
             f"  virtual_router_id 51\n  priority {m.priority}\n  advert_int {VRRP_ADVERT_S}\n"
