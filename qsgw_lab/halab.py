@@ -169,11 +169,11 @@ class HaLab:
         """SIGKILL everything in the member's namespace and cut its link; the time it died."""
         m = self.members[name]
         ns = self.lab.ns_name(m.site.name)
-        died = time.time()
         for pid in _pids_in(ns):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.lab.run(m.site.name, ["ip", "link", "set", "eth0", "down"], timeout=10)
+        died = time.time()  # from here nothing of it answers (packets before may have)
         # A box that is off holds no address: the one keepalived left there goes too.
         self.lab.run(m.site.name, ["ip", "addr", "del", f"{VIP}/24", "dev", "eth0"], timeout=10)
         for proc in (m.keepalived, m.site.process):
