@@ -9,11 +9,13 @@ STAMPS  := .stamps
 # sha2, kdf, x509...; -standard-plugins: openssl, gcm; -extra-plugins:
 # kernel-libipsec; strongswan-libcharon: socket-default); mosquitto, its
 # passwd and clients (tests, demo); ip, ping, sysctl, unshare, modprobe; nft (tests
-# drop IKE in a namespace).
+# drop IKE in a namespace); postgresql (the PostgreSQL journal backend: the HA
+# tests and bench/ha.py start a server of their own) and keepalived (the HA
+# pair's VRRP virtual address, in the HA tests and bench/ha.py).
 DEB_PACKAGES := wireguard-go wireguard-tools strongswan-charon strongswan-swanctl \
                 strongswan-libcharon libstrongswan libstrongswan-standard-plugins \
                 libcharon-extra-plugins mosquitto mosquitto-clients iproute2 iputils-ping \
-                nftables openssl procps util-linux kmod python3-venv \
+                nftables openssl procps util-linux kmod python3-venv postgresql keepalived \
                 cmake ninja-build gcc libc6-dev libssl-dev git ca-certificates
 # liboqs: built from the pinned source into the venv (scripts/build-liboqs.sh);
 # LIBOQS_TARBALL names a local copy of it (checked against its SHA-256).
@@ -87,6 +89,7 @@ bench: setup
 	$(PY) bench/handshake.py --save bench/results/handshake.json
 	$(PY) bench/rekey.py --save bench/results/rekey.json
 	@if [ -f bench/ipsec.py ]; then $(PY) bench/ipsec.py --save bench/results/ipsec.json; fi
+	$(PY) bench/ha.py --save bench/results/ha.json
 
 clean:
 	rm -rf .venv $(STAMPS) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -50,6 +50,7 @@ BINARIES: dict[str, tuple[str, bool]] = {
     "sysctl": ("procps", True),
     "modprobe": ("kmod", True),
     "nft": ("nftables", True),
+    "keepalived": ("keepalived", True),  # the HA pair's VRRP (tests, bench)
 }
 
 LIBOQS_FIX = "make setup builds liboqs"
@@ -101,6 +102,20 @@ def binary(name: str, feature: str, path: str | None = None) -> Finding:
         return _ok(name, f"{exe} binary", found, feature, by_setup)
     return Finding(name, f"{exe} binary", "missing", "not found on PATH",
                    f"apt-get install {package}", by_setup, feature)
+
+
+def postgresql(feature: str) -> Finding:
+    """initdb, pg_ctl and postgres (Debian keeps them off PATH, in /usr/lib/postgresql/NN/bin):
+    the HA tests start a server of their own."""
+    import glob
+
+    dirs = [os.path.dirname(p) for p in (shutil.which("initdb"),) if p]
+    dirs += sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    for d in dirs:
+        if all(os.access(os.path.join(d, b), os.X_OK) for b in ("initdb", "postgres", "psql")):
+            return _ok("postgresql", "PostgreSQL server binaries", d, feature)
+    return Finding("postgresql", "PostgreSQL server binaries", "missing",
+                   "initdb/postgres not found", "apt-get install postgresql", True, feature)
 
 
 def tun_device(feature: str) -> Finding:
@@ -417,6 +432,8 @@ def everything() -> list[Finding]:
     for tool in ("ip", "unshare", "sysctl", "ping", "nft", "modprobe"):
         out.append(binary(tool, "netns"))
     out.append(liboqs())
+    out.append(postgresql("ha"))
+    out.append(binary("keepalived", "ha"))
     out += clock()
     return out
 
@@ -461,6 +478,8 @@ def component_findings(component: str) -> Iterator[Finding]:
         yield binary(component, "")
     elif component == "tun":
         yield tun_device("")
+    elif component == "postgresql":
+        yield postgresql("")
     elif component in ("charon", "charon-plugins"):
         yield from charon_plugins()
     elif component == "liboqs":

@@ -20,6 +20,9 @@ from gateway.fsguard import FileSafetyError, check_secret, open_nofollow, reject
 class JournalError(Exception):
     """The journal cannot be opened or written."""
 
+    # A shared journal names the HA member whose claim or epoch stood in the way.
+    member: str | None = None
+
 
 class KeyReuseError(JournalError):
     """A QKD key_ID was consumed before (message names the key_ID and the peer)."""
@@ -31,6 +34,11 @@ class StaleEpochError(JournalError):
 
 class EpochRangeError(JournalError):
     """An epoch outside 1..MAX_EPOCH: the wire carries 64 bits, SQLite stores 63."""
+
+
+class JournalUnavailableError(JournalError):
+    """The journal's database cannot be reached (PostgreSQL down, cut off): no new
+    epoch until it answers again; never a fall-back to another journal."""
 
 
 # SQLite's INTEGER is signed 64-bit; a larger epoch could not be recorded.
@@ -53,6 +61,8 @@ CREATE TABLE IF NOT EXISTS epochs (
 
 class Journal:
     """Consumed key_IDs (never twice, across restarts) and last epochs per peer."""
+
+    backend = "sqlite"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -149,6 +159,10 @@ class Journal:
     def _last_epoch(self, peer_id: str) -> int:
         row = self._db.execute("SELECT epoch FROM epochs WHERE peer_id = ?", (peer_id,)).fetchone()
         return 0 if row is None else int(row[0])
+
+    def health(self) -> str | None:
+        """Why the journal cannot be used now, None while it can (a local file)."""
+        return None
 
     def close(self) -> None:
         self._db.close()

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    if cfg.journal.backend == "postgresql":
+        return _run_shared(args, cfg)
     state_dir = Path(cfg.gateway.state_dir)
     path = state_dir / "journal.db"
     identity = LocalIdentity.load(Path(cfg.gateway.identity_dir))
@@ -107,6 +109,37 @@ def _set_epoch(args: argparse.Namespace, cfg: Any, path: Path, identity: LocalId
         write_record(path, {**recorded, **j.epochs()}, identity)
     _audit(cfg, identity, args.peer, old, args.epoch)
     print(f"{args.peer}: epoch {old} -> {args.epoch}; the next handshake uses {args.epoch + 1}")
+    return 0
+
+
+def _run_shared(args: argparse.Namespace, cfg: Any) -> int:
+    """The PostgreSQL journal (an HA pair's): show and export read the database; an
+    epoch is raised there too, with the same refusals (never lowered)."""
+    from gateway.journal_pg import PgJournal
+
+    with PgJournal(cfg.journal.conninfo, cfg.gateway.id,
+                   member=cfg.ha.member if cfg.ha else cfg.gateway.id,
+                   password_file=cfg.journal.password_file) as j:
+        if args.action == "set-epoch":
+            old = j.last_epoch(args.peer)
+            if args.peer not in {p.id for p in cfg.peers} or not old < args.epoch <= MAX_EPOCH:
+                print(f"qsgw journal: refusing epoch {args.epoch} for {args.peer}: it must be a "
+                      f"configured peer's, above {old}", file=sys.stderr)
+                return 1
+            j.record_epoch(args.peer, args.epoch)
+            _audit(cfg, LocalIdentity.load(Path(cfg.gateway.identity_dir)), args.peer, old,
+                   args.epoch)
+            print(f"{args.peer}: epoch {old} -> {args.epoch}; the next handshake uses "
+                  f"{args.epoch + 1}")
+            return 0
+        epochs, key_ids = j.epochs(), j.key_ids()
+    if args.action == "export":
+        print(json.dumps({"journal": "postgresql", "epochs": epochs, "key_ids": key_ids},
+                         indent=2, sort_keys=True))
+        return 0
+    print(f"journal postgresql ({cfg.gateway.id}): {len(key_ids)} QKD key_IDs consumed")
+    for peer in sorted(epochs):
+        print(f"  {peer:<24} epoch {epochs[peer]}")
     return 0
 
 

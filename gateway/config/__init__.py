@@ -16,6 +16,7 @@ from gateway.config.diff import PeerDiff, changed_sections, diff_peers
 from gateway.config.errors import ConfigError, ConfigIssue
 from gateway.config.loader import DEFAULT_CONFIG_PATH, load_config, parse_config
 from gateway.config.models_gateway import ControlSettings, GatewayConfig, GatewaySettings
+from gateway.config.models_ha import HaSettings, JournalSettings
 from gateway.config.models_kme import (
     KmeDialectRule,
     KmeEndpointSettings,
@@ -46,8 +47,10 @@ __all__ = [
     "ControlSettings",
     "GatewayConfig",
     "GatewaySettings",
+    "HaSettings",
     "HostPort",
     "IpsecTunnel",
+    "JournalSettings",
     "KmeDialectRule",
     "KmeEndpointSettings",
     "KmeSettings",

@@ -66,6 +66,9 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
                 ("peers", i, "sae_id"),
                 f"'{own_sae}' is this gateway's own SAE ID (kme.sae_id); give the peer's SAE ID",
             )
+    if isinstance(data.get("ha"), dict) and _get(data, "journal", "backend") != "postgresql":
+        yield (("ha",), "an HA pair shares one journal: set journal.backend: postgresql "
+                        "(a local SQLite journal would let both members use a key_ID)")
     metrics = _hostport_or_none(_get(data, "telemetry", "metrics", "listen"))
     control = _hostport_or_none(_get(data, "control", "listen")) or HostPort("0.0.0.0", 7814)  # noqa: S104
     wildcards = ("0.0.0.0", "::")  # noqa: S104

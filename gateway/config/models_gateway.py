@@ -11,6 +11,7 @@ from pydantic import (
     field_validator,
 )
 
+from gateway.config.models_ha import HaSettings, JournalSettings
 from gateway.config.models_kme import KmeSettings
 from gateway.config.models_peer import PeerConfig
 from gateway.config.models_telemetry import TelemetrySettings
@@ -68,6 +69,8 @@ class GatewayConfig(_Model):
     kme: KmeSettings
     peers: tuple[PeerConfig, ...] = ()
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    journal: JournalSettings = Field(default_factory=JournalSettings)
+    ha: HaSettings | None = None
 
     def peer(self, peer_id: str) -> PeerConfig:
         for p in self.peers:

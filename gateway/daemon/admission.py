@@ -29,7 +29,7 @@ from gateway.crypto.builtin import ED25519, ML_DSA_65
 from gateway.handshake import transcript
 from gateway.handshake.messages import Init
 from gateway.identity import PublicIdentity
-from gateway.journal import MAX_EPOCH
+from gateway.journal import MAX_EPOCH, JournalError
 
 # The only keys the refusal counters ever have (status document, metrics).
 REFUSAL_REASONS: tuple[str, ...] = (
@@ -51,6 +51,8 @@ REFUSAL_REASONS: tuple[str, ...] = (
     "peer_busy",  # the peer already has its admitted handshakes going
     "lock_timeout",  # admitted, but the peer's session stayed busy
     "not_ready",  # the session cannot answer yet (tunnel not up, wrong role)
+    "standby",  # this HA member is the standby: the active one answers
+    "journal_unavailable",  # the journal's database does not answer: no new epoch
 )
 
 
@@ -106,7 +108,11 @@ class InitAdmission:
             return Refusal("epoch_out_of_range", f"epoch outside 1..{MAX_EPOCH}")
         if not self._verify(init, peer_identity_text):
             return Refusal("bad_signature", f"INIT claiming {peer}: signature invalid")
-        floor = max(self._last_epoch(peer), self._admitted.get(peer, 0))
+        try:
+            last = self._last_epoch(peer)
+        except JournalError as exc:  # fail closed: an epoch we cannot check is refused
+            return Refusal("journal_unavailable", str(exc))
+        floor = max(last, self._admitted.get(peer, 0))
         if init.epoch <= floor:
             return Refusal("replay", f"{peer}: epoch {init.epoch} not above {floor}")
         if abs(init.timestamp_ms / 1000.0 - self._clock()) > self.timestamp_window_s:

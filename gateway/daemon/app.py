@@ -26,8 +26,8 @@ from gateway.config import (
 )
 from gateway.fsguard import check_dir
 from gateway.identity import LocalIdentity
-from gateway.journal import Journal
-from gateway.journal_guard import GuardedJournal, check_at_start
+from gateway.journal_api import JournalStore
+from gateway.journal_guard import GuardedJournal
 from gateway.telemetry import Telemetry
 from gateway.telemetry.setup import build_telemetry
 from kms_client import KmeClient, KmeEndpoint, SaeCredentials
@@ -36,6 +36,9 @@ from .admission import InitAdmission
 from .context import DaemonContext
 from .control import ControlServer, resolve_host
 from .drivers import make_driver
+from .ha import HaRole, JournalWatch, SharedJournal
+from .ha_session import HaPeerSession
+from .journal_setup import check_journal_at_start, open_journal
 from .keysupply import KeySupply
 from .ratelog import RateLimitedLog, loop_error_handler
 from .sdnotify import SystemdNotifier
@@ -66,7 +69,9 @@ class GatewayDaemon:
         self._control: ControlServer | None = None
         self._status: StatusServer | None = None
         self._client: KmeClient | None = None
-        self._journal: Journal | None = None
+        self._journal: JournalStore | None = None
+        self._journal_watch: JournalWatch | None = None
+        self.role: HaRole | None = None
         self._telemetry: Telemetry | None = None
         self._ctx: DaemonContext | None = None
         self._admission: InitAdmission | None = None
@@ -100,8 +105,7 @@ class GatewayDaemon:
         check_dir(state_dir, "state_dir")  # checked again: the config was read earlier
         check_dir(Path(cfg.gateway.identity_dir), "identity_dir")
         identity = LocalIdentity.load(Path(cfg.gateway.identity_dir))
-        journal_path = state_dir / "journal.db"
-        check_at_start(journal_path, identity, f" -c {self.config_path}")
+        check_journal_at_start(cfg, identity, f" -c {self.config_path}")
         self._telemetry = build_telemetry(cfg, identity)
         telemetry = self._telemetry
 
@@ -109,12 +113,19 @@ class GatewayDaemon:
             log.critical("%s: new epochs stop; restore it and restart the daemon", detail)
             telemetry.alarm("journal_lost", cfg.gateway.id, True, detail)
 
-        self._journal = GuardedJournal(journal_path, identity, journal_lost)
+        self._journal = open_journal(cfg, identity, telemetry, journal_lost)
+        self._journal_watch = JournalWatch(self._journal, telemetry)
         await self._telemetry.start()
         self._client = self._make_client(cfg)
         keys = KeySupply(self._client, self._telemetry,
                          cfg.kme.endpoints[0].kme_id, cfg.kme.dec_keys_deadline_s)
-        self._ctx = DaemonContext(cfg, identity, self._journal, keys, self._telemetry)
+        self._ctx = DaemonContext(cfg, identity, self._journal, keys, self._telemetry,
+                                  control_source=cfg.ha.virtual_address if cfg.ha else None)
+        if cfg.ha is not None:
+            self.role = HaRole(cfg.ha.virtual_address, cfg.ha.member, cfg.ha.check_interval_s)
+            self.role.listen(self._role_changed)
+            self.role.active = self.role.probe()  # the sessions start in the right role
+            telemetry.ha_role(cfg.ha.member, self.role.active, "daemon started")
         self._refresh_allowed()
         journal = self._journal
         admission = self._admission = InitAdmission(
@@ -134,6 +145,9 @@ class GatewayDaemon:
         await self._status.start()
         self._background.append(asyncio.create_task(self._refresh_peer_docs()))
         self._background.append(asyncio.create_task(self._pool_watch()))
+        self._background.append(asyncio.create_task(self._journal_watch.run()))
+        if self.role is not None:
+            self._background.append(asyncio.create_task(self.role.run()))
         if self._notifier.watchdog_interval_s:
             self._background.append(asyncio.create_task(self._watchdog()))
         self._notifier.ready(f"{len(self.sessions)} peers")
@@ -153,7 +167,8 @@ class GatewayDaemon:
         assert self._ctx is not None
         initiator = is_initiator(self.config.gateway.id, peer)
         driver = make_driver(peer, initiator)
-        session = PeerSession(self._ctx, peer, driver, initiator)
+        session = PeerSession(self._ctx, peer, driver, initiator) if self.role is None \
+            else HaPeerSession(self._ctx, peer, driver, initiator, self.role)
         self.sessions[peer.id] = session
         await session.start()
 
@@ -187,14 +202,12 @@ class GatewayDaemon:
             log.error("reload refused, keeping the running config:\n%s", exc)
             self._notifier.ready("reload refused")
             return
-        if new.gateway != self.config.gateway or new.kme != self.config.kme \
-                or new.control != self.config.control:
-            log.warning("reload: gateway, kme and control sections need a restart; "
-                        "applying peer changes only")
+        kept = ("gateway", "kme", "control", "journal", "ha")
+        if any(getattr(new, k) != getattr(self.config, k) for k in kept):
+            log.warning("reload: gateway, kme, control, journal and ha sections need a "
+                        "restart; applying peer changes only")
         diff = diff_peers(self.config, new)
-        self.config = new.model_copy(update={"gateway": self.config.gateway,
-                                             "kme": self.config.kme,
-                                             "control": self.config.control})
+        self.config = new.model_copy(update={k: getattr(self.config, k) for k in kept})
         assert self._ctx is not None
         self._ctx.config = self.config
         self._refresh_allowed()
@@ -229,6 +242,8 @@ class GatewayDaemon:
             self._control.tick()
             if isinstance(self._journal, GuardedJournal):
                 self._journal.check()  # a deleted journal raises its alarm without an epoch
+            if isinstance(self._journal, SharedJournal):
+                self._journal.tick()
             self._telemetry.control_stats(self._control.refused.as_dict(), len(self._control.conns))
 
     async def _pool_watch(self) -> None:
@@ -246,6 +261,15 @@ class GatewayDaemon:
         while True:
             self._notifier.watchdog()
             await asyncio.sleep(self._notifier.watchdog_interval_s)
+
+    async def _role_changed(self, active: bool) -> None:
+        """A takeover (or the loss of the virtual address): in the audit trail and metrics."""
+        assert self.config.ha is not None and self._telemetry is not None
+        if isinstance(self._journal, SharedJournal):
+            self._journal.reset()
+        self._telemetry.ha_role(self.config.ha.member, active,
+                                f"virtual address {self.config.ha.virtual_address} "
+                                f"{'taken over' if active else 'lost'}")
 
     def rekey_all(self) -> None:
         """SIGUSR1: every peer this gateway initiates to makes a new epoch now."""
@@ -268,6 +292,12 @@ class GatewayDaemon:
             "control_connections": len(self._control.conns) if self._control else 0,
             "control_flood": bool(self._control and self._control.flooded),
             "journal_lost": getattr(self._journal, "lost", None),
+            "journal": self._journal_watch.as_dict() if self._journal_watch else None,
+            "role": self.role.role if self.role is not None else "single",
+            "ha": None if self.role is None else {
+                "member": self.role.member, "virtual_address": self.role.virtual_address,
+                "since": self.role.since, "takeovers": self.role.takeovers,
+                "split_brain_conflicts": getattr(self._journal, "conflicts", 0)},
             "alarms": [{"alarm": a.name.value, "subject": a.subject, "severity": a.severity,
                         "detail": a.detail, "since": a.since}
                        for a in (self._telemetry.alarms.active() if self._telemetry else [])],

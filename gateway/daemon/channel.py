@@ -54,15 +54,20 @@ class OutgoingChannel:
     fetched first, so an attempt that finds no key never touches the peer (whose
     control server would otherwise see a connection close without a frame)."""
 
-    def __init__(self, peer_id: str, host: str, port: int, max_frame: int) -> None:
+    def __init__(self, peer_id: str, host: str, port: int, max_frame: int,
+                 source: str | None = None) -> None:
         self.peer_id, self.host, self.port, self.max_frame = peer_id, host, port, max_frame
+        self.source = source  # the local address to connect from (an HA pair's VIP)
         self._channel: Channel | None = None
 
     async def _open(self) -> Channel:
         if self._channel is None:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), IO_TIMEOUT_S)
+                    asyncio.open_connection(
+                        self.host, self.port,
+                        local_addr=None if self.source is None else (self.source, 0)),
+                    IO_TIMEOUT_S)
             except (OSError, TimeoutError) as exc:
                 raise SessionFailure("peer_unreachable", f"control {self.host}:{self.port}: "
                                      f"{exc.__class__.__name__}") from None

@@ -11,7 +11,7 @@ from gateway.crypto.providers import KemKeyPair
 from gateway.crypto.suites import Suite, lookup_suite
 from gateway.handshake import HandshakeParams, QkdPolicy
 from gateway.identity import LocalIdentity, PublicIdentity
-from gateway.journal import Journal
+from gateway.journal_api import JournalStore
 from gateway.telemetry import Telemetry
 
 from .keysupply import KeySupply
@@ -21,9 +21,10 @@ from .keysupply import KeySupply
 class DaemonContext:
     config: GatewayConfig
     identity: LocalIdentity
-    journal: Journal
+    journal: JournalStore
     keys: KeySupply
     telemetry: Telemetry
+    control_source: str | None = None  # connect to peers from here (an HA pair's VIP)
     # Static McEliece keys (0.5-1 MB) read once, not per session: by file and pin.
     _static_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 

@@ -13,11 +13,12 @@ class PeerStatus:
     peer_id: str
     role: str
     policy: str
-    # What is shown: starting | pending | ok | degraded | stale | down | blocked.
+    # What is shown: starting | pending | ok | degraded | stale | down | blocked | standby
+    # (an HA pair's standby member: tunnel configured, blocked on purpose).
     # `ok` (and degraded, stale) only while the tunnel is live; `pending` while a
     # fresh key waits for the data plane, `down` past the liveness bound.
     state: str = "starting"
-    # The key's own state, from the policy: starting | ok | degraded | stale | blocked.
+    # The key's own state: starting | ok | degraded | stale | blocked | standby.
     key_state: str = "starting"
     epoch: int = 0
     installed_at: float | None = None  # wall clock

@@ -288,13 +288,16 @@ class PeerSession(TunnelWatch):
         # so after a crash the next attempt is always above it.
         epoch = self.ctx.journal.last_epoch(self.peer.id) + 1
         machine = InitiatorHandshake(self._params, epoch, time.time())
-        channel = OutgoingChannel(self.peer.id, self.peer.control.host,
-                                   self.peer.control.port, self.ctx.max_frame_bytes)
+        channel = self._outgoing()
         try:
             actions = machine.start(time.time())
             await self._pump(machine, actions, channel)
         finally:
             await channel.close()
+
+    def _outgoing(self) -> OutgoingChannel:  # from the HA pair's virtual address, if any
+        return OutgoingChannel(self.peer.id, self.peer.control.host, self.peer.control.port,
+                               self.ctx.max_frame_bytes, source=self.ctx.control_source)
 
     # ------------------------------------------------------------------ responder
 
@@ -412,7 +415,7 @@ class PeerSession(TunnelWatch):
         try:
             keys = await self.ctx.keys.fetch_new(self.peer.id, self.peer.sae_id, action.count)
         except KmsError as exc:
-            self._note_qkd_problem(exc)
+            self.log.warning("QKD key unavailable: %s", describe_kms_error(exc))
             return list(machine.on_qkd_unavailable(describe_kms_error(exc), time.time()))
         return self._hand_keys(machine, keys)
 
@@ -422,7 +425,7 @@ class PeerSession(TunnelWatch):
             keys = await self.ctx.keys.fetch_by_id(self.peer.id, self.peer.sae_id,
                                                    list(action.key_ids))
         except KmsError as exc:
-            self._note_qkd_problem(exc)
+            self.log.warning("QKD key unavailable: %s", describe_kms_error(exc))
             return list(machine.on_qkd_unavailable(describe_kms_error(exc), time.time()))
         return self._hand_keys(machine, keys)
 
@@ -433,9 +436,6 @@ class PeerSession(TunnelWatch):
             self._budget.spent(time.monotonic())
             self._attempt_spent = True
         return list(machine.on_qkd_keys(keys, time.time()))
-
-    def _note_qkd_problem(self, exc: Exception) -> None:
-        self.log.warning("QKD key unavailable: %s", describe_kms_error(exc))
 
     async def _install(self, action: InstallKey, duration_s: float) -> None:
         key = action.key

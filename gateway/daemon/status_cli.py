@@ -48,7 +48,8 @@ def format_table(doc: dict[str, Any]) -> str:
             _error(p),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [f"gateway {doc.get('gateway')}  uptime {_age(doc.get('uptime_s'))}"]
+    lines = [f"gateway {doc.get('gateway')}  uptime {_age(doc.get('uptime_s'))}"
+             + _ha_and_journal(doc)]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
               for r in rows]
     # A down tunnel gets its whole reason, in words, on a line of its own.
@@ -63,6 +64,20 @@ def format_table(doc: dict[str, Any]) -> str:
         if a["alarm"] not in ("journal_lost", "control_flood"):  # said just above
             lines.append(f"ALARM {a['alarm']} ({a['severity']}) {a['subject']}: {a['detail']}")
     return "\n".join(lines)
+
+
+def _ha_and_journal(doc: dict[str, Any]) -> str:
+    """`  role active (member a1, VIP 192.0.2.10)  journal postgresql ok`."""
+    out = ""
+    ha = doc.get("ha")
+    if ha:
+        out += (f"  role {doc.get('role')} (member {ha['member']}, "
+                f"VIP {ha['virtual_address']}, takeovers {ha['takeovers']})")
+    journal = doc.get("journal")
+    if journal:
+        out += f"  journal {journal['backend']} " + (
+            "ok" if journal["healthy"] else f"UNAVAILABLE: {journal['detail']}")
+    return out
 
 
 def _tunnel(p: dict[str, Any], tunnel: dict[str, Any]) -> str:

@@ -49,7 +49,7 @@ class TunnelWatch:
         while not self._stopping:
             await asyncio.sleep(0.5)
             st = self.status
-            if st.installed_mono is None or st.key_state in ("blocked", "stale"):
+            if st.installed_mono is None or st.key_state in ("blocked", "stale", "standby"):
                 continue
             if (self.peer.qkd == "required" and st.state == "down"
                     and time.monotonic() - self._liveness.down_since_mono
@@ -97,8 +97,8 @@ class TunnelWatch:
     async def _check_liveness(self, in_handshake: bool = False) -> None:
         """Ask the data plane whether the tunnel carries traffic; `down` past the bound."""
         st = self.status
-        if st.key_state in ("starting", "blocked"):
-            return  # nothing to judge
+        if st.key_state in ("starting", "blocked", "standby"):
+            return  # nothing to judge (an HA standby's tunnel is blocked on purpose)
         last: tuple[TunnelHealth, float] | None = getattr(self, "_last_health", None)
         if self._lock.locked() and not in_handshake:
             # A handshake (an IPsec initiation can take seconds) holds the driver:
@@ -152,7 +152,7 @@ class TunnelWatch:
         """The shown state: the key's state, held back to pending/down by liveness."""
         st = self.status
         shown = st.key_state
-        if shown not in ("starting", "blocked"):
+        if shown not in ("starting", "blocked", "standby"):
             live = self._liveness.verdict.state
             if live == DOWN:
                 shown = "down"

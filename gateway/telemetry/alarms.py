@@ -21,6 +21,8 @@ class AlarmName(StrEnum):
     IDENTITY_REFUSED = "identity_refused"
     CONTROL_FLOOD = "control_flood"
     JOURNAL_LOST = "journal_lost"
+    JOURNAL_UNAVAILABLE = "journal_unavailable"
+    SPLIT_BRAIN = "split_brain"
 
 
 SEVERITY: dict[AlarmName, str] = {
@@ -33,6 +35,8 @@ SEVERITY: dict[AlarmName, str] = {
     AlarmName.IDENTITY_REFUSED: "major",
     AlarmName.CONTROL_FLOOD: "major",
     AlarmName.JOURNAL_LOST: "critical",
+    AlarmName.JOURNAL_UNAVAILABLE: "critical",
+    AlarmName.SPLIT_BRAIN: "critical",
 }
 
 

@@ -430,3 +430,27 @@ class Telemetry:
             self._set_alarm(AlarmName.QKD_DEGRADED, peer_id, False, "QKD keys in use again")
             self._set_alarm(AlarmName.TUNNEL_BLOCKED, peer_id, False, "fresh key installed")
         self._publish_gateway_state()
+
+    @_guarded
+    def ha_role(self, member: str, active: bool, reason: str) -> None:
+        """This member became active (a takeover, in the audit trail) or standby."""
+        role = "active" if active else "standby"
+        if self.metrics is not None:
+            self.metrics.ha_active.labels(member).set(1 if active else 0)
+            if active:
+                self.metrics.ha_takeovers.labels(member).inc()
+        self._event("ha_role", member=member, role=role, reason=_text(reason))
+        self._audit("ha_takeover" if active else "ha_standby", member=member,
+                    reason=_text(reason))
+        if self.mqtt is not None:
+            self.mqtt.set_retained(self.mqtt.topic("ha"), {
+                "gateway": self.gateway_id, "member": member, "role": role,
+                "time": time.time()})
+
+    @_guarded
+    def journal_health(self, backend: str, problem: str | None) -> None:
+        """The journal answers (problem None) or not: the journal_unavailable alarm."""
+        if self.metrics is not None:
+            self.metrics.journal_up.labels(backend).set(0 if problem else 1)
+        self._set_alarm(AlarmName.JOURNAL_UNAVAILABLE, self.gateway_id, problem is not None,
+                        problem or f"{backend} journal answers again")

@@ -14,7 +14,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-POLICY_STATES = ("ok", "degraded", "stale", "pending", "down", "blocked", "starting")
+POLICY_STATES = ("ok", "degraded", "stale", "pending", "down", "blocked", "starting",
+                 "standby")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -133,6 +134,13 @@ class Metrics:
         self.control_connections = Gauge(
             "qsgw_control_connections", "Open control connections", registry=r
         )
+        # The HA pair (gateway.daemon.ha) and the journal backend's health.
+        self.ha_active = Gauge("qsgw_ha_active", "1 while this member is the active one "
+                               "(0: standby)", ["member"], registry=r)
+        self.ha_takeovers = Counter("qsgw_ha_takeovers", "Times this member became active",
+                                    ["member"], registry=r)
+        self.journal_up = Gauge("qsgw_journal_up", "1 while the journal can be written",
+                                ["backend"], registry=r)
         self.audit_checkpoint_seq = Gauge(
             "qsgw_audit_checkpoint_records",
             "Records covered by the newest signed audit checkpoint",

@@ -168,6 +168,7 @@ class WireGuardUapiDriver:
         self._proc: subprocess.Popen[bytes] | None = None
         self._proc_log: IO[bytes] | None = None
         self._epoch: int | None = None
+        self.start_silent = False  # an HA member: no keepalive until handshake_now()
 
     def __repr__(self) -> str:
         return f"WireGuardUapiDriver({self.ifname!r}, manage={self.settings.manage!r})"
@@ -188,7 +189,8 @@ class WireGuardUapiDriver:
         lines = [f"private_key={private.hex()}"]
         if s.listen_port is not None:
             lines.append(f"listen_port={s.listen_port}")
-        lines += await self._peer_lines(endpoint=None)
+        # An HA standby starts silent: a keepalive would be a handshake to the peer.
+        lines += await self._peer_lines(endpoint=None, keepalive=0 if self.start_silent else None)
         fresh = not await self._answers()
         if fresh:
             # Fail closed: until the first epoch key arrives, no handshake can
@@ -228,6 +230,23 @@ class WireGuardUapiDriver:
         return None
 
     async def block(self) -> None:
+        await self._block()
+
+    async def quiesce(self) -> None:
+        """Blocked and silent (an HA standby): no keepalive, so this member never sends
+        the peer a handshake that would move the peer's endpoint away from the active."""
+        await self._block(keepalive=0)
+
+    async def handshake_now(self) -> None:
+        """Start a WireGuard handshake now (an HA takeover): turning the persistent
+        keepalive on sends one at once, and with no session a keepalive is a handshake."""
+        pk = f"public_key={self._peer_pk.hex()}"
+        await self._uapi.set([pk, "update_only=true", "persistent_keepalive_interval=0"])
+        await self._uapi.set([pk, "update_only=true", "persistent_keepalive_interval=1"])
+        await self._uapi.set([pk, "update_only=true", "persistent_keepalive_interval="
+                              f"{self.settings.persistent_keepalive_s or 0}"])
+
+    async def _block(self, keepalive: int | None = None) -> None:
         # A random PSK alone would leave the current session keys working for
         # up to 3 minutes (REJECT_AFTER_TIME); removing the peer drops them at
         # once, and re-adding it with a random PSK keeps endpoint and allowed
@@ -239,11 +258,11 @@ class WireGuardUapiDriver:
             return
         lines = [f"public_key={self._peer_pk.hex()}", "remove=true"]
         if current is None:  # full mode: put the configured peer back
-            lines += await self._peer_lines(endpoint=None)
+            lines += await self._peer_lines(endpoint=None, keepalive=keepalive)
         else:  # as it was (psk-only: as the operator made it)
             lines += await self._peer_lines(
                 endpoint=current.endpoint, allowed=current.allowed_ips,
-                keepalive=current.persistent_keepalive_s,
+                keepalive=current.persistent_keepalive_s if keepalive is None else keepalive,
             )
         lines.append(f"preshared_key={secrets.token_hex(wgc.KEY_LEN)}")
         await self._uapi.set(lines)
