@@ -7,19 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from gateway.config import (
     ConfigError,
     ConfigIssue,
     GatewayConfig,
     HostPort,
-    IpsecTunnel,
-    PskAuth,
     WireGuardTunnel,
     load_config,
-    parse_config,
 )
 
 from .conftest import BASE, WriteConfig
@@ -378,147 +373,3 @@ def test_pasted_key_is_never_echoed(write_config: WriteConfig, secret: str) -> N
     assert secret not in str(info.value) and secret not in repr(info.value)
     e = next(e for e in info.value.errors if e.field == "peers[0].tunnel.private_key_file")
     assert "key material" in e.message and "0600" in e.message
-
-
-IPSEC_PEER = """\
-  - id: gw-c
-    sae_id: SAE_C_GW
-    control: "192.0.2.3:7814"
-    identity: "{identity}"
-    tunnel:
-      type: ipsec
-      connection: qsgw-c
-      ppk_id: qsgw-c@gw-a
-      remote_addrs: [198.51.100.3]
-      local_ts: [10.1.0.0/16]
-      remote_ts: [10.2.0.0/16]
-      auth: {psk_file: ipsec.psk}
-"""
-
-
-def test_ipsec_peer(write_config: WriteConfig, site: Path) -> None:
-    cfg = load_config(write_config(BASE + IPSEC_PEER))
-    tunnel = cfg.peer("gw-c").tunnel
-    assert isinstance(tunnel, IpsecTunnel)
-    assert tunnel.ppk_required and tunnel.local_addrs == ("%any",)
-    assert isinstance(tunnel.auth, PskAuth) and tunnel.auth.psk_file == site / "ipsec.psk"
-
-
-def test_ipsec_full_needs_auth_and_remote(write_config: WriteConfig) -> None:
-    text = BASE + IPSEC_PEER.replace("      auth: {psk_file: ipsec.psk}\n", "")
-    text = text.replace("      remote_addrs: [198.51.100.3]\n", "")
-    errors = {e.field: e for e in errors_of(write_config(text))}
-    assert "manage: full" in errors["peers[1].tunnel.auth"].message
-    assert "manage: full" in errors["peers[1].tunnel.remote_addrs"].message
-
-
-def test_ipsec_auth_of_neither_kind(write_config: WriteConfig) -> None:
-    text = BASE + IPSEC_PEER.replace("{psk_file: ipsec.psk}", "{password: hunter2}")
-    e = the_error(write_config(text), "peers[1].tunnel.auth")
-    assert "psk_file" in e.message and "cert_file" in e.message
-    assert "hunter2" not in e.message
-
-
-def test_ipsec_psk_file_must_be_private(write_config: WriteConfig, site: Path) -> None:
-    os.chmod(site / "ipsec.psk", 0o640)
-    e = the_error(write_config(BASE + IPSEC_PEER), "peers[1].tunnel.auth.psk_file")
-    assert "0640" in e.message and "chmod 600" in e.message
-
-
-def test_duplicate_connection(write_config: WriteConfig) -> None:
-    second = (
-        IPSEC_PEER.replace("gw-c", "gw-d")
-        .replace("SAE_C_GW", "SAE_D_GW")
-        .replace("ppk_id: qsgw-d@gw-a", "ppk_id: other@gw-a")
-        .replace("connection: qsgw-d", "connection: qsgw-c")
-    )
-    e = the_error(write_config(BASE + IPSEC_PEER + second), "peers[2].tunnel.connection")
-    assert "duplicate connection 'qsgw-c'" in e.message
-
-
-def test_many_errors_at_once_in_file_order(write_config: WriteConfig) -> None:
-    text = BASE.replace("  id: gw-a\n", "  id: gw-a\n  colour: blue\n")
-    text = text.replace("listen_port: 51820", "listen_port: fast")
-    text = text.replace("allowed_ips: [203.0.113.2/32]", "allowed_ips: [203.0.113.2/33]")
-    errors = errors_of(write_config(text))
-    assert [e.field for e in errors] == [
-        "gateway.colour",
-        "peers[0].tunnel.listen_port",
-        "peers[0].tunnel.allowed_ips[0]",
-    ]
-    assert [e.line for e in errors] == sorted(e.line for e in errors)
-
-
-def test_error_tuple_shape(write_config: WriteConfig) -> None:
-    path = write_config(BASE.replace("listen_port: 51820", "listen_port: fast"))
-    file, line, field, message = errors_of(path)[0][:4]
-    assert (file, line, field) == (str(path), 24, "peers[0].tunnel.listen_port")
-    assert "integer" in message
-    assert str(errors_of(path)[0]).startswith(f"{path}:24:20: peers[0].tunnel.listen_port: ")
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "field", "line"),
-    [
-        ("  ca_file: kme/ca.pem\n", " ca_file: kme/ca.pem\n", "kme", 8),  # too shallow
-        ("      interface: wg-b\n", "       interface: wg-b\n", "peers[0].tunnel", 21),
-        ("    sae_id: SAE_B_GW\n", "     sae_id: SAE_B_GW\n", "peers[0]", 14),
-        ("  identity_dir: identity\n", "\tidentity_dir: identity\n", "gateway", 3),
-    ],
-)
-def test_indentation_error_says_so_and_names_the_enclosing_field(
-    write_config: WriteConfig, old: str, new: str, field: str, line: int
-) -> None:
-    errors = errors_of(write_config(BASE.replace(old, new)))
-    assert len(errors) == 1, errors
-    e = errors[0]
-    assert "bad indentation" in e.message and e.field == field, e
-    assert e.line in (line, line + 1)  # PyYAML marks the line it stopped at
-    assert ("spaces" in e.message) and "YAML syntax" not in e.message
-
-
-def test_yaml_syntax_error(write_config: WriteConfig) -> None:
-    path = write_config(BASE.replace("    sae_id: SAE_B_GW\n", "    sae_id: [SAE_B_GW\n"))
-    errors = errors_of(path)
-    assert len(errors) == 1 and "YAML syntax" in errors[0].message and errors[0].line >= 14
-
-
-@pytest.mark.parametrize(
-    ("text", "words"),
-    [("", "empty"), ("# only a comment\n", "empty"), ("- a\n- b\n", "mapping")],
-)
-def test_not_a_config(write_config: WriteConfig, text: str, words: str) -> None:
-    errors = errors_of(write_config(text))
-    assert len(errors) == 1 and words in errors[0].message
-
-
-def test_yaml_merge_keys_refused(write_config: WriteConfig) -> None:
-    text = BASE.replace("    suite: default\n", "    suite: default\n    <<: {qkd: off}\n")
-    e = errors_of(write_config(text))[0]
-    assert e.line == 20 and "merge keys" in e.message
-
-
-def test_config_file_not_found(tmp_path: Path) -> None:
-    errors = errors_of(tmp_path / "absent.yaml")
-    assert "not found" in errors[0].message
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.text(max_size=200))
-def test_any_text_gives_a_config_or_a_config_error(text: str) -> None:
-    try:
-        parse_config(text, "fuzz.yaml", check_files=False)
-    except ConfigError as exc:
-        assert exc.errors and all(e.file == "fuzz.yaml" and e.line >= 1 for e in exc.errors)
-
-
-def test_bad_name(write_config: WriteConfig) -> None:
-    e = the_error(write_config(BASE.replace("  id: gw-a", '  id: "gw a/1"')), "gateway.id")
-    assert e.line == 2 and "1-64 characters of A-Z a-z 0-9 . _ -" in e.message
-
-
-def test_long_plain_path_is_not_taken_for_a_key(write_config: WriteConfig) -> None:
-    long_path = "/etc/qsgw/identity/keys/wireguard/privatekey"  # 44 base64-alphabet characters
-    text = BASE.replace("private_key_file: wg/wg-b.key", f"private_key_file: {long_path}")
-    tunnel = load_config(write_config(text), check_files=False).peers[0].tunnel
-    assert isinstance(tunnel, WireGuardTunnel) and str(tunnel.private_key_file) == long_path
