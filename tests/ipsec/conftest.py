@@ -45,12 +45,14 @@ class Site:
         return vici.Session(sock)
 
     def ike_sas(self) -> list[dict[str, Any]]:
-        """The IKE SAs of the connection, straight from charon."""
+        """The IKE SAs of the tunnel's connections (the configured one and its
+        make-before-break twin), straight from charon."""
         session = self.vici()
         try:
             out = []
-            for entry in session.list_sas({"ike": self.settings.connection}):
-                out.extend(entry.values())
+            for conn in self.settings.conn_names:
+                for entry in session.list_sas({"ike": conn}):
+                    out.extend(entry.values())
             return out
         finally:
             session.transport.close()
