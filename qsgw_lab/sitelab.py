@@ -451,8 +451,11 @@ class SiteLab:
         return res.stdout.split()[-1]
 
     def close(self) -> None:
+        # Every daemon first: a charon stopping deletes its SAs, which a daemon
+        # still watching the peer's charon would report as its tunnel going down.
         for site in self.sites.values():
             self.stop_daemon(site, timeout_s=10)
+        for site in self.sites.values():
             if site.charon is not None:
                 site.charon.stop()
         # The lab kills the simulator and removes the namespaces.
