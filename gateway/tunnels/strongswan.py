@@ -161,12 +161,13 @@ class StrongSwanDriver(ViciEvents):
         log.info("%s: PPK for epoch %d installed", self._name, epoch)
 
     async def activate(self, epoch: int) -> None:
-        """Initiating side: reauthenticate so that the IKE SA uses epoch's PPK.
+        """Initiating side: a new IKE SA keyed with epoch's PPK replaces the old one.
 
-        Make-before-break: the new IKE SA (new SPIs, the new PPK mixed in) is
-        established before the old one is deleted. With no IKE SA yet, the
-        connection is initiated. Raises TunnelError when the new SA does not
-        come up (a PPK mismatch shows as an authentication failure).
+        Make-before-break: the new IKE SA (new SPIs, the new PPK mixed in) and
+        its CHILD_SA are installed before the old one is deleted. With no IKE SA
+        yet, the connection is initiated. Raises TunnelError when the new SA
+        does not come up (a PPK mismatch shows as an authentication failure);
+        the old one then stays.
         """
         if self._secret is None or self._secret.epoch != epoch or self._blocked:
             raise TunnelError(f"{self._name}: epoch {epoch} has not been installed")
