@@ -298,8 +298,11 @@ def conn_message(s: IpsecSettings, name: str | None = None) -> dict[str, Any]:
             # it makes a new IKE SA beside the old one.
             "rand_time": "601s" if twin else "600s",
             "dpd_delay": "10s",
-            # Both ends keep the old IKE SA beside the new one until the DELETE.
-            "unique": "never",
+            # Both ends keep the old IKE SA beside the new one until the DELETE:
+            # charon sends INITIAL_CONTACT (which makes a peer with "no" drop the
+            # others) only when it holds no IKE SA with the peer, as after a
+            # restart, where dropping the stale ones is right.
+            "unique": "no",
             "local": local,
             "remote": remote,
             "children": {s.child_name: child},

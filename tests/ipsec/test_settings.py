@@ -135,7 +135,7 @@ def test_full_management_loads_a_make_before_break_twin(tmp_path: Path) -> None:
     # the twin must differ, in something that changes nothing else.
     assert first != twin
     assert {k for k in first if first[k] != twin[k]} == {"rand_time"}
-    assert first["unique"] == twin["unique"] == "never"
+    assert first["unique"] == twin["unique"] == "no"
     assert first["children"] == twin["children"] and "site-b" in first["children"]
     # ppk-only: one swanctl connection, no twin.
     only = IpsecSettings(tmp_path / "x", "conn", "ppk", manage="ppk-only")
