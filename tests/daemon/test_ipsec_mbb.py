@@ -5,8 +5,10 @@ the one window charon leaves at a new CHILD_SA.
 That window: the IKE responder installs the new CHILD_SA (and sends on it at once) before
 its IKE_AUTH answer reaches the initiator, which drops what comes on the new SPI until it
 has installed the SA too (charon logs "inbound ESP packet does not belong to an installed
-SA" at level 2). It is well under a millisecond here; charon 5.9.8 defers the outbound SA
-only for CHILD_SA rekeys, which cannot bring a new PPK (RFC 8784 mixes it in at IKE_AUTH).
+SA" at level 2). It is 1-2 ms here; charon 5.9.8 defers the outbound SA only for CHILD_SA
+rekeys, which cannot bring a new PPK (RFC 8784 mixes it in at IKE_AUTH). Policy priorities
+cannot close it: both CHILD_SAs have the same selectors, hence the same reqid, and the
+outbound SA is the newest of the reqid (docs/operations.md has the measurement).
 """
 
 from __future__ import annotations
