@@ -38,7 +38,11 @@ from typing import Any
 
 import vici
 
-from gateway.tunnels.charon_process import CharonInstance, charon_missing_reason
+from gateway.tunnels.charon_process import (
+    CharonInstance,
+    charon_missing_reason,
+    patched_libipsec_dir,
+)
 from gateway.tunnels.strongswan import IpsecSettings, StrongSwanDriver
 from gateway.tunnels.strongswan_settings import TWIN_SUFFIX
 
@@ -133,7 +137,8 @@ async def measure(rotations: int, keep: Path | None = None) -> dict[str, Any]:
                     return lab.popen(side, argv, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
 
-                charon = CharonInstance(workdir, spawn=spawn, log_level=LOG_LEVEL)
+                charon = CharonInstance(workdir, spawn=spawn, log_level=LOG_LEVEL,
+                                        library_path=patched_libipsec_dir())
                 charon.start()
                 charons.append(charon)
                 mine, peer = (A_OUTER, B_OUTER) if side == "a" else (B_OUTER, A_OUTER)

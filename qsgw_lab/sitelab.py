@@ -198,7 +198,7 @@ class SiteLab:
 
     def _charon(self, site: Site) -> Any:
         """This site's private charon (kernel-libipsec: userspace ESP over TUN)."""
-        from gateway.tunnels.charon_process import CharonInstance
+        from gateway.tunnels.charon_process import CharonInstance, patched_libipsec_dir
 
         if site.charon is None:
             workdir = site.dir / "charon"
@@ -208,7 +208,7 @@ class SiteLab:
                 with (workdir / "charon.stderr").open("ab") as out:
                     return self.lab.popen(site.name, argv, stdout=out, stderr=subprocess.STDOUT)
 
-            site.charon = CharonInstance(workdir, spawn=spawn)
+            site.charon = CharonInstance(workdir, spawn=spawn, library_path=patched_libipsec_dir())
             site.charon.start()
         return site.charon
 

@@ -1,16 +1,12 @@
 """IPsec make-before-break through two `qsgw run` daemons: 30 rotations under a 20/s ping,
-never a moment without an IKE SA keyed with the PPK on either charon, and no ping lost but in
-the one window charon leaves at a new CHILD_SA.
+never a moment without an IKE SA keyed with the PPK on either charon, and no ping lost.
 
-That window: the IKE responder installs the new CHILD_SA (and sends on it at once) before
-its IKE_AUTH answer reaches the initiator, which drops what comes on the new SPI until it
-has installed the SA too (charon logs "inbound ESP packet does not belong to an installed
-SA" at level 2). It is 1-2 ms here; charon 5.9.8 defers the outbound SA only for CHILD_SA
-rekeys, which cannot bring a new PPK (RFC 8784 mixes it in at IKE_AUTH). Policy priorities
-cannot close it: both CHILD_SAs have the same selectors, hence the same reqid, and the
-outbound SA is the newest of the reqid (docs/operations.md has the measurement). With
-scripts/strongswan/libipsec-hold-responder-outbound.patch built in, no ping was lost; once
-setup builds it, the tolerance below goes.
+Stock libipsec loses one now and then: the IKE responder installs the new CHILD_SA and sends
+on it at once (the outbound SA is the newest of the reqid, which both CHILD_SAs share), before
+its IKE_AUTH answer reaches the initiator, which drops what comes on the new SPI until it has
+installed the SA too ("inbound ESP packet does not belong to an installed SA" at level 2).
+`make setup` builds libipsec with scripts/strongswan/libipsec-hold-responder-outbound.patch,
+which holds the responder's new outbound SA until the initiator has sent on it.
 """
 
 from __future__ import annotations
@@ -39,14 +35,11 @@ pytestmark = pytest.mark.netns
 ROTATIONS = 30
 SAMPLE_S = 0.05
 PING_INTERVAL_S = 0.05
-# A ping lost to that window was sent within this long before the initiator's driver
-# logged the new IKE SA active (the line follows the old SA's deletion: 4-6 ms here).
-SWITCH_WINDOW_S = 0.1
 
 
 @pytest.fixture
 def mbb_sites() -> Iterator[SiteLab]:
-    require("charon", "unshare")
+    require("charon", "unshare", "libipsec-patched")
     with site_lab("m12mbb") as sites:
         yield sites
 
@@ -181,17 +174,13 @@ def test_thirty_rotations_lose_no_ping_and_never_leave_zero_ike_sas(
           f"{sampler.samples} samples, zero-SA moments {sampler.zero_at}")
     assert rotations >= ROTATIONS
     assert sent >= ROTATIONS * 0.5 / PING_INTERVAL_S, sent  # it ran throughout
-    # Each lost ping fell into a CHILD_SA switch, at most one per switch.
+    # Where each lost ping was sent, from the closest rotation (when the initiator's driver
+    # logged the new IKE SA active): for the message only.
     switches = activations(a.log_path)
-    hit: list[float] = []
-    for seq, at in sorted(lost.items()):
-        near = [t for t in switches if t - SWITCH_WINDOW_S <= at <= t]
-        closest = min((at - t for t in switches), key=abs, default=None)
-        assert near, (f"ping {seq} lost outside a CHILD_SA switch ({len(lost)} of {sent} lost; "
-                      f"sent {closest} s from the closest)")
-        assert near[0] not in hit, f"two pings lost at one CHILD_SA switch: {sorted(lost)}"
-        hit.append(near[0])
-    assert len(lost) <= 3, f"lost {len(lost)} of {sent} pings over {rotations} rotations"
+    where = {seq: min((round(at - t, 3) for t in switches), key=abs, default=None)
+             for seq, at in sorted(lost.items())}
+    assert not lost, (f"lost {len(lost)} of {sent} pings over {rotations} rotations "
+                      f"(seq: seconds from the closest rotation): {where}")
     assert not sampler.errors, sampler.errors[:5]
     assert sampler.samples >= ROTATIONS * 10, sampler.samples
     # Every epoch was a new IKE SA (with the PPK) on both charons...

@@ -19,7 +19,7 @@ import pytest
 import vici
 from _requires import require
 
-from gateway.tunnels.charon_process import CharonInstance
+from gateway.tunnels.charon_process import CharonInstance, patched_libipsec_dir
 from gateway.tunnels.strongswan import IpsecSettings, StrongSwanDriver
 
 A_OUTER, B_OUTER = "192.0.2.1", "192.0.2.2"
@@ -127,7 +127,8 @@ async def site_pair(
         for side, inner, over in (("a", A_INNER, over_a), ("b", B_INNER, over_b)):
             workdir = tmp_path / f"charon-{side}-{conn}"
             workdir.mkdir()
-            charon = CharonInstance(workdir, spawn=_spawner(lab, side, workdir))
+            charon = CharonInstance(workdir, spawn=_spawner(lab, side, workdir),
+                                    library_path=patched_libipsec_dir())
             charon.start()
             values: dict[str, Any] = {"psk_file": psk_file, **(over or {})}
             settings = make_settings(workdir, conn, side, **values)
