@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build strongSwan 5.9.8's libipsec with qsgw's patch (scripts/strongswan/) into PREFIX/lib
-# once (a stamp records what was built). Not wired into `make setup` yet: see the patch's
-# header. Source: $STRONGSWAN_TARBALL, else Debian's copy of the release tarball (the
-# source of the installed charon), its SHA-256 checked either way.
+# once (a stamp records what was built); `make setup` runs it. Source: $STRONGSWAN_TARBALL,
+# else Debian's copy of the release tarball (the source of the installed charon), its
+# SHA-256 checked either way.
 # Usage: build-libipsec.sh PREFIX
 set -euo pipefail
 
