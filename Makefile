@@ -14,7 +14,8 @@ DEB_PACKAGES := wireguard-go wireguard-tools strongswan-charon strongswan-swanct
                 strongswan-libcharon libstrongswan libstrongswan-standard-plugins \
                 libcharon-extra-plugins mosquitto mosquitto-clients iproute2 iputils-ping \
                 nftables openssl procps util-linux kmod python3-venv \
-                cmake ninja-build gcc libc6-dev libssl-dev git ca-certificates make bzip2
+                cmake ninja-build gcc libc6-dev libssl-dev git ca-certificates make bzip2 pkg-config
+# make, bzip2, pkg-config: the patched libipsec's build (scripts/build-libipsec.sh).
 # liboqs: built from the pinned source into the venv (scripts/build-liboqs.sh);
 # LIBOQS_TARBALL names a local copy of it (checked against its SHA-256).
 LIBOQS_PREFIX := .venv/opt/liboqs
