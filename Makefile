@@ -16,21 +16,27 @@ DEB_PACKAGES := wireguard-go wireguard-tools strongswan-charon strongswan-swanct
                 strongswan-libcharon libstrongswan libstrongswan-standard-plugins \
                 libcharon-extra-plugins mosquitto mosquitto-clients iproute2 iputils-ping \
                 nftables openssl procps util-linux kmod python3-venv postgresql keepalived \
-                cmake ninja-build gcc libc6-dev libssl-dev git ca-certificates
+                cmake ninja-build gcc libc6-dev libssl-dev git ca-certificates make bzip2 pkg-config
+# make, bzip2, pkg-config: the patched libipsec's build (scripts/build-libipsec.sh).
 # liboqs: built from the pinned source into the venv (scripts/build-liboqs.sh);
 # LIBOQS_TARBALL names a local copy of it (checked against its SHA-256).
 LIBOQS_PREFIX := .venv/opt/liboqs
 # The offline copy beside the checkout, where there is one (this project's machines).
 LIBOQS_TARBALL ?= $(abspath $(wildcard ../shared/vendor/liboqs-0.16.0.tar.gz))
 export LIBOQS_TARBALL
+# libipsec with qsgw's patch (scripts/build-libipsec.sh), for the lab's charons;
+# STRONGSWAN_TARBALL names a local copy of the 5.9.8 release tarball.
+LIBIPSEC_PREFIX := .venv/opt/libipsec
+STRONGSWAN_TARBALL ?= $(abspath $(wildcard ../shared/vendor/strongswan_5.9.8.orig.tar.bz2))
+export STRONGSWAN_TARBALL
 DEMO_SECONDS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv liboqs demo test test-slow lint bench clean
+.PHONY: setup deps venv liboqs libipsec demo test test-slow lint bench clean
 
 # Ends with the doctor: it fails setup only for what setup installs (a kernel
 # module is reported, not fatal).
-setup: deps venv liboqs
+setup: deps venv liboqs libipsec
 	@.venv/bin/qsgw doctor
 
 # Debian packages: apt-get only when one is missing, so a set-up machine
@@ -61,6 +67,9 @@ liboqs: $(STAMPS)/venv
 	@OQS_INSTALL_PATH=$(CURDIR)/$(LIBOQS_PREFIX) $(PY) -c \
 	  'import gateway.crypto.oqs_provider as p; p.load_oqs()' \
 	  || { echo "liboqs-python cannot load $(LIBOQS_PREFIX)" >&2; exit 1; }
+
+libipsec: $(STAMPS)/venv
+	@scripts/build-libipsec.sh $(CURDIR)/$(LIBIPSEC_PREFIX)
 
 # `make demo SCENARIO=<name>` runs one seed deployment (benelux-mdi, beqci,
 # int-uqkd, madqci) on its own timeline; DEMO_SECONDS applies when given.

@@ -240,6 +240,18 @@ def vici_reachable(vici_socket: Path) -> Finding:
     return _ok("vici", check, "charon answers", "ipsec", by_setup=False)
 
 
+def libipsec_patched() -> Finding:
+    from gateway.tunnels.charon_process import patched_libipsec_dir
+
+    check = "libipsec with qsgw's patch"
+    found = patched_libipsec_dir()
+    if found is None:
+        return Finding("libipsec-patched", check, "missing", "without it a rotation's "
+                       "responder may send on the new SA before the initiator has it",
+                       "make setup builds it", True, "ipsec")
+    return _ok("libipsec-patched", check, str(found), "ipsec")
+
+
 # --------------------------------------------------------------- the others
 
 
@@ -427,6 +439,7 @@ def everything() -> list[Finding]:
     out += charon_plugins()
     out.append(binary("swanctl", "ipsec"))
     out.append(kernel_module("esp4", "ipsec"))
+    out.append(libipsec_patched())
     for tool in ("mosquitto", "mosquitto_passwd", "mosquitto_pub", "mosquitto_sub"):
         out.append(binary(tool, "mqtt"))
     for tool in ("ip", "unshare", "sysctl", "ping", "nft", "modprobe"):
@@ -484,6 +497,8 @@ def component_findings(component: str) -> Iterator[Finding]:
         yield from charon_plugins()
     elif component == "liboqs":
         yield liboqs()
+    elif component == "libipsec-patched":
+        yield libipsec_patched()
     elif component == "netns":
         yield netns()
     elif component == "kme-sim":

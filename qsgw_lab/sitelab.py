@@ -198,7 +198,7 @@ class SiteLab:
 
     def _charon(self, site: Site) -> Any:
         """This site's private charon (kernel-libipsec: userspace ESP over TUN)."""
-        from gateway.tunnels.charon_process import CharonInstance
+        from gateway.tunnels.charon_process import CharonInstance, patched_libipsec_dir
 
         if site.charon is None:
             workdir = site.dir / "charon"
@@ -208,7 +208,7 @@ class SiteLab:
                 with (workdir / "charon.stderr").open("ab") as out:
                     return self.lab.popen(site.name, argv, stdout=out, stderr=subprocess.STDOUT)
 
-            site.charon = CharonInstance(workdir, spawn=spawn)
+            site.charon = CharonInstance(workdir, spawn=spawn, library_path=patched_libipsec_dir())
             site.charon.start()
         return site.charon
 
@@ -451,8 +451,11 @@ class SiteLab:
         return res.stdout.split()[-1]
 
     def close(self) -> None:
+        # Every daemon first: a charon stopping deletes its SAs, which a daemon
+        # still watching the peer's charon would report as its tunnel going down.
         for site in self.sites.values():
             self.stop_daemon(site, timeout_s=10)
+        for site in self.sites.values():
             if site.charon is not None:
                 site.charon.stop()
         # The lab kills the simulator and removes the namespaces.

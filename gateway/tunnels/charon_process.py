@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -106,6 +107,14 @@ def render_strongswan_conf(
     )
 
 
+def patched_libipsec_dir() -> Path | None:
+    """The directory where `make setup` put libipsec.so.0 with qsgw's patch
+    (scripts/strongswan/: a rotation's responder holds its new outbound SA until the
+    initiator has sent on it), or None."""
+    lib = Path(sys.prefix) / "opt" / "libipsec" / "lib"
+    return lib if (lib / "libipsec.so.0").exists() else None
+
+
 class CharonInstance:
     """One charon process with a private directory; start/stop/restart.
 
@@ -122,8 +131,11 @@ class CharonInstance:
         plugins: Sequence[str] = DEFAULT_PLUGINS,
         log_level: int = 1,
         extra_conf: str = "",
+        library_path: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        # Searched before charon's RUNPATH: where a patched libipsec.so.0 is.
+        self.library_path = library_path
         self.netns = netns
         self._spawn = spawn
         self._plugins = tuple(plugins)
@@ -161,9 +173,12 @@ class CharonInstance:
         """The command line, without the namespace wrapper."""
         # A private mount namespace with its own /run: charon's pid file and
         # lock live there, so charons in several namespaces do not collide.
+        libs = ""
+        if self.library_path is not None:
+            libs = f"LD_LIBRARY_PATH={shlex.quote(str(self.library_path))} "
         inner = (
             "mount -t tmpfs tmpfs /run && "
-            f"STRONGSWAN_CONF={shlex.quote(str(self.conf_file))} "
+            f"{libs}STRONGSWAN_CONF={shlex.quote(str(self.conf_file))} "
             f"exec {shlex.quote(str(CHARON_BINARY))}"
         )
         return ["unshare", "-m", "sh", "-c", inner]

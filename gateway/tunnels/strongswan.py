@@ -4,9 +4,14 @@ One driver keys one IKEv2 connection. The epoch key is loaded as a shared
 secret of type PPK under a fixed handle per tunnel and bound to the tunnel's
 fixed PPK_ID, so each `install_key` atomically replaces the secret. charon
 mixes a PPK in at IKE_AUTH only (an IKE rekey keeps the old one), so
-`activate` reauthenticates make-before-break (`rekey` with `reauth`, with
-`charon.make_before_break = yes`): a new IKE SA with the new PPK comes up
-before the old one is deleted.
+`activate` makes a new IKE SA, make-before-break: with manage=full the tunnel
+is loaded as two connections (CONNECTION and its twin CONNECTION-mbb, alike but
+for the name); the initiator initiates the twin that carries nothing while the
+old IKE SA lives, and deletes the old one once the new one's CHILD_SA is
+installed. (charon's own make-before-break reauthentication sends the new
+IKE_SA_INIT before it checks the new SA in, so an answer that comes back at once
+is dropped and only its 1 s retransmit brings the SA up.) With ppk-only (one
+swanctl connection) `activate` asks charon to reauthenticate.
 
 The VICI session lives in strongswan_vici.py, the event thread in
 strongswan_events.py, the settings and conn message in strongswan_settings.py.
@@ -35,7 +40,6 @@ from .strongswan_settings import (
     IkeSa,
     IpsecSettings,
     Secret,
-    conn_message,
 )
 from .strongswan_vici import conn_names, errmsg, log
 
@@ -104,7 +108,7 @@ class StrongSwanDriver(ViciEvents):
         def setup(session: vici.Session) -> None:
             if s.manage == "full":
                 self._load_credentials(session)
-                session.load_conn(conn_message(self.settings))
+                self._load_conns(session)
             else:
                 names = conn_names(session)
                 if s.connection not in names:
@@ -157,12 +161,13 @@ class StrongSwanDriver(ViciEvents):
         log.info("%s: PPK for epoch %d installed", self._name, epoch)
 
     async def activate(self, epoch: int) -> None:
-        """Initiating side: reauthenticate so that the IKE SA uses epoch's PPK.
+        """Initiating side: a new IKE SA keyed with epoch's PPK replaces the old one.
 
-        Make-before-break: the new IKE SA (new SPIs, the new PPK mixed in) is
-        established before the old one is deleted. With no IKE SA yet, the
-        connection is initiated. Raises TunnelError when the new SA does not
-        come up (a PPK mismatch shows as an authentication failure).
+        Make-before-break: the new IKE SA (new SPIs, the new PPK mixed in) and
+        its CHILD_SA are installed before the old one is deleted. With no IKE SA
+        yet, the connection is initiated. Raises TunnelError when the new SA
+        does not come up (a PPK mismatch shows as an authentication failure);
+        the old one then stays.
         """
         if self._secret is None or self._secret.epoch != epoch or self._blocked:
             raise TunnelError(f"{self._name}: epoch {epoch} has not been installed")
@@ -175,22 +180,31 @@ class StrongSwanDriver(ViciEvents):
         with self._seen_lock:
             self._seen_ids.clear()
         carrying = [sa for sa in before if sa.state == "ESTABLISHED" and sa.child_installed]
-        if carrying:
-            target = carrying[-1].uniqueid
-            # Duplicates (both ends initiated at once) are dropped first: the
-            # newest carries the traffic and is the one reauthenticated.
-            for other in before:
-                if other.uniqueid != target:
-                    await self._call(functools.partial(self._terminate, uniqueid=other.uniqueid))
+        # Duplicates (both ends initiated at once, a rotation cut short) are
+        # dropped first: the newest carries the traffic and is the one replaced.
+        keep = carrying[-1] if carrying else None
+        for other in before:
+            if keep is None or other.uniqueid != keep.uniqueid:
+                await self._call(functools.partial(self._terminate, uniqueid=other.uniqueid))
+        if keep is not None and self.settings.manage == "full":
+            # Make-before-break on the twin connection: a fresh IKE SA (initiate
+            # checks it in before its first packet goes out, so no answer is
+            # dropped) carries its CHILD_SA before the old one is deleted.
+            fresh, old = self.settings.twin_of(keep.name), keep
+            await self._call(lambda session: self._initiate(session, timeout, fresh, old))
+            await self._call(functools.partial(
+                self._terminate, uniqueid=keep.uniqueid, force=False))
+        elif keep is not None:
+            # ppk-only: the one swanctl connection is reauthenticated by charon.
+            target = keep.uniqueid
             await self._call(
                 lambda session: session.rekey({"ike-id": target, "reauth": "yes"})
             )
         else:
-            # No traffic to keep: a reauthentication would only re-create the
-            # CHILD_SAs that exist (none), so start over.
-            for other in before:
-                await self._call(functools.partial(self._terminate, uniqueid=other.uniqueid))
-            await self._call(lambda session: self._initiate(session, timeout))
+            # No traffic to keep: start over.
+            await self._call(
+                lambda session: self._initiate(session, timeout, self.settings.connection)
+            )
         new = await self._wait_for_new_sa(old_ids, timeout)
         self._active_epoch = epoch
         self._down_reported = False
@@ -201,10 +215,13 @@ class StrongSwanDriver(ViciEvents):
             new.uniqueid,
         )
 
-    def _initiate(self, session: vici.Session, timeout: float) -> None:
+    def _initiate(
+        self, session: vici.Session, timeout: float, conn: str, keeping: IkeSa | None = None
+    ) -> None:
+        """Initiate `conn`'s CHILD_SA (and a new IKE SA); returns once it is installed."""
         message = {
             "child": self.settings.child_name,
-            "ike": self.settings.connection,
+            "ike": conn,
             "timeout": str(int(timeout * 1000)),
             "init-limits": "no",
         }
@@ -214,6 +231,12 @@ class StrongSwanDriver(ViciEvents):
             for _ in session.initiate(message):
                 pass
         except CommandException as exc:
+            if keeping is not None:
+                raise TunnelError(
+                    f"{self._name}: reauthentication failed: the new IKE SA was rejected "
+                    f"({errmsg(exc)}: a PPK mismatch with the peer, or the peer refused); "
+                    f"the previous IKE SA #{keeping.uniqueid} stays up"
+                ) from None
             raise TunnelError(
                 f"{self._name}: initiating failed ({errmsg(exc)}); "
                 f"{self._diagnose(session)}"
@@ -332,8 +355,9 @@ class StrongSwanDriver(ViciEvents):
             def teardown(session: vici.Session) -> None:
                 if s.manage == "full":
                     self._terminate_all(session)
-                    with contextlib.suppress(CommandException):
-                        session.unload_conn({"name": s.connection})
+                    for name in s.conn_names:
+                        with contextlib.suppress(CommandException):
+                            session.unload_conn({"name": name})
                     if s.psk_file is not None:
                         with contextlib.suppress(CommandException):
                             session.unload_shared({"id": self._psk_handle})

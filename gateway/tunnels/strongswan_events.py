@@ -97,13 +97,14 @@ class ViciEvents(ViciSession):
             self._stopping.wait(0.2)
 
     def _on_event(self, name: str, event: Mapping[str, Any]) -> None:
-        conn = self.settings.connection
+        names = self.settings.conn_names
         if name == "log":
-            if as_text(event.get("ikesa-name", b"")) == conn and "ikesa-uniqueid" in event:
+            if as_text(event.get("ikesa-name", b"")) in names and "ikesa-uniqueid" in event:
                 with self._seen_lock:
                     self._seen_ids.add(as_text(event["ikesa-uniqueid"]))
             return
-        if conn not in event:
+        conn = next((n for n in names if n in event), None)
+        if conn is None:
             return
         self._charon_lost = None
         if name == "ike-updown" and "up" in event:
@@ -114,8 +115,8 @@ class ViciEvents(ViciSession):
             self._down_reported = False
         elif name == "ike-updown" and "up" not in event:
             uid = as_text(event[conn].get("uniqueid"))
-            # Reauthentication deletes the old SA after the new one is up:
-            # only "no established SA left" is a tunnel going down.
+            # A rotation deletes the old SA after the new one is up: only
+            # "no established SA left" is a tunnel going down.
             try:
                 sas = self._locked(self._ike_sas)
             except TunnelError:

@@ -22,6 +22,10 @@ MIN_PPK_BYTES = 32
 MAX_PPK_BYTES = 1024
 _DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519",)
 _DEFAULT_ESP_PROPOSALS = ("aes256gcm16",)
+#: manage=full loads each tunnel twice, as CONNECTION and CONNECTION + this: a
+#: rotation initiates a new IKE SA on the twin that carries no SA while the old one
+#: lives, and deletes the old one only once the new one carries the CHILD_SA.
+TWIN_SUFFIX = "-mbb"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,19 @@ class IpsecSettings:
     @property
     def child_name(self) -> str:
         return self.child or self.connection
+
+    @property
+    def conn_names(self) -> tuple[str, ...]:
+        """The VICI connections of this tunnel: the configured one, and with
+        manage=full its make-before-break twin."""
+        if self.manage == "full":
+            return (self.connection, self.connection + TWIN_SUFFIX)
+        return (self.connection,)
+
+    def twin_of(self, name: str) -> str:
+        """The other connection of the pair (the name itself for ppk-only)."""
+        names = self.conn_names
+        return names[1 - names.index(name)] if len(names) == 2 and name in names else name
 
     def vici_address(self) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
         """The socket family and address of charon's VICI endpoint."""
@@ -173,9 +190,11 @@ class IkeSa:
     installed_children: frozenset[str]
     bytes_in: int
     bytes_out: int
+    #: The connection it belongs to (one of IpsecSettings.conn_names).
+    name: str = ""
 
     @classmethod
-    def parse(cls, sa: Mapping[str, Any]) -> IkeSa:
+    def parse(cls, sa: Mapping[str, Any], name: str = "") -> IkeSa:
         def text(key: str, default: str = "") -> str:
             value = sa.get(key)
             return value.decode() if isinstance(value, bytes) else default
@@ -201,6 +220,7 @@ class IkeSa:
             installed_children=frozenset(installed_ids),
             bytes_in=bytes_in,
             bytes_out=bytes_out,
+            name=name,
         )
 
 
@@ -228,8 +248,10 @@ def read_secret_file(path: Path, what: str, conn: str) -> bytes:
     return data
 
 
-def conn_message(s: IpsecSettings) -> dict[str, Any]:
-    """The VICI load-conn message for a manage=full tunnel (certificates read now)."""
+def conn_message(s: IpsecSettings, name: str | None = None) -> dict[str, Any]:
+    """The VICI load-conn message of one of a manage=full tunnel's connections
+    (`name`: one of `s.conn_names`, default the configured one; certificates read now)."""
+    name = name or s.connection
     if s.psk_file is not None:
         local: dict[str, Any] = {"auth": "psk"}
         remote: dict[str, Any] = {"auth": "psk"}
@@ -258,8 +280,9 @@ def conn_message(s: IpsecSettings) -> dict[str, Any]:
         "close_action": "none",
         "dpd_action": "clear",
     }
+    twin = name != s.connection
     return {
-        s.connection: {
+        name: {
             "version": "2",
             "local_addrs": list(s.local_addrs),
             "remote_addrs": list(s.remote_addrs),
@@ -270,7 +293,15 @@ def conn_message(s: IpsecSettings) -> dict[str, Any]:
             # IKE rekeys (which keep the PPK) are rare.
             "reauth_time": "0",
             "rekey_time": "4h",
+            # charon reuses an IKE SA whose config equals the one initiated (the
+            # name is not compared): the twin's jitter differs, so initiating
+            # it makes a new IKE SA beside the old one.
+            "rand_time": "601s" if twin else "600s",
             "dpd_delay": "10s",
+            # Both ends keep the old IKE SA beside the new one until the DELETE:
+            # charon sends INITIAL_CONTACT (which makes a peer with "no" drop the
+            # others) only when it holds no IKE SA with the peer, as after a
+            # restart, where dropping the stale ones is right.
             "unique": "no",
             "local": local,
             "remote": remote,

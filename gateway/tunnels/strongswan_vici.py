@@ -175,26 +175,36 @@ class ViciSession:
         """Put the driver's config and current PPK into a (restarted) charon."""
         if self.settings.manage == "full":
             self._load_credentials(session)
-            session.load_conn(conn_message(self.settings))
+            self._load_conns(session)
         if self._secret is not None and not self._blocked:
             self._load_ppk(session, self._secret.value)
         else:
             self._load_random_ppk(session)
 
+    def _load_conns(self, session: vici.Session) -> None:
+        for name in self.settings.conn_names:
+            session.load_conn(conn_message(self.settings, name))
+
     def _ike_sas(self, session: vici.Session) -> list[IkeSa]:
+        """The IKE SAs of this tunnel's connections, oldest first."""
         found: list[IkeSa] = []
-        for entry in session.list_sas({"ike": self.settings.connection}):
-            for name, sa in entry.items():
-                if name == self.settings.connection:
-                    found.append(IkeSa.parse(sa))
+        for conn in self.settings.conn_names:
+            for entry in session.list_sas({"ike": conn}):
+                for name, sa in entry.items():
+                    if as_text(name) == conn:
+                        found.append(IkeSa.parse(sa, conn))
+        # uniqueids grow: the newest SA is the last, whichever connection it is on.
+        found.sort(key=lambda sa: int(sa.uniqueid) if sa.uniqueid.isdigit() else 0)
         return found
 
     def _good(self, sa: IkeSa) -> bool:
         return sa.state == "ESTABLISHED" and (sa.ppk or not self.settings.ppk_required)
 
-    def _terminate(self, session: vici.Session, uniqueid: str) -> None:
-        # force: do not wait for the peer's answer to the DELETE.
-        message = {"ike-id": uniqueid, "force": "yes", "timeout": "-1"}
+    def _terminate(self, session: vici.Session, uniqueid: str, force: bool = True) -> None:
+        # Returns at once (timeout -1). force: destroyed without waiting for the
+        # peer's answer to the DELETE; else the SA (and its CHILD_SAs, which may
+        # still carry packets in flight) lives until the peer answers.
+        message = {"ike-id": uniqueid, "force": "yes" if force else "no", "timeout": "-1"}
         with contextlib.suppress(CommandException):
             for _ in session.terminate(message):
                 pass

@@ -81,6 +81,8 @@ def ike_sas(site: Site, connection: str) -> list[dict[str, Any]]:
     """charon's IKE SAs of `connection` at `site` (vici list-sas)."""
     import vici
 
+    from gateway.tunnels.strongswan_settings import TWIN_SUFFIX
+
     if site.charon is None:
         return []
     sock = socket.socket(socket.AF_UNIX)
@@ -88,8 +90,10 @@ def ike_sas(site: Site, connection: str) -> list[dict[str, Any]]:
     try:
         sock.connect(str(site.charon.vici_socket))
         out: list[dict[str, Any]] = []
-        for entry in vici.Session(sock).list_sas({"ike": connection}):
-            out.extend(entry.values())
+        session = vici.Session(sock)
+        for name in (connection, connection + TWIN_SUFFIX):  # and its make-before-break twin
+            for entry in session.list_sas({"ike": name}):
+                out.extend(entry.values())
         return out
     except OSError:
         return []

@@ -33,17 +33,21 @@ def _pair(sites: SiteLab, policy: str, rekey: float, lifetime: float) -> tuple[S
 
 
 def _ike_sas(site: Site, conn: str) -> list[dict[str, Any]]:
+    """The IKE SAs of the tunnel's connections: `conn` and its make-before-break twin."""
     import socket
 
     import vici
+
+    from gateway.tunnels.strongswan_settings import TWIN_SUFFIX
     sock = socket.socket(socket.AF_UNIX)
     sock.settimeout(5)
     sock.connect(str(site.charon.vici_socket))
     session = vici.Session(sock)
     try:
         out: list[dict[str, Any]] = []
-        for entry in session.list_sas({"ike": conn}):
-            out.extend(entry.values())
+        for name in (conn, conn + TWIN_SUFFIX):
+            for entry in session.list_sas({"ike": name}):
+                out.extend(entry.values())
         return out
     finally:
         sock.close()
@@ -158,7 +162,9 @@ def test_wrong_ppk_on_one_side_is_reported_and_healed(ipsec_sites: SiteLab) -> N
     session = vici.Session(sock)
     session.load_shared({"id": f"qsgw-ppk-{t.if_a}", "type": "PPK",
                          "data": os.urandom(32), "owners": [f"{t.if_a}-ppk"]})
-    list(session.terminate({"ike": t.if_a, "force": "yes", "timeout": "-1"}))
+    for sa in _ike_sas(b, t.if_a):  # on either of the tunnel's two connections
+        list(session.terminate({"ike-id": sa["uniqueid"].decode(), "force": "yes",
+                                "timeout": "-1"}))
     sock.close()
     assert sites.wait_for(lambda: _epoch(sites, a, b.gateway_id) > e, 30), \
         sites.peer_status(a, b.gateway_id)

@@ -19,7 +19,7 @@ import pytest
 import vici
 from _requires import require
 
-from gateway.tunnels.charon_process import CharonInstance
+from gateway.tunnels.charon_process import CharonInstance, patched_libipsec_dir
 from gateway.tunnels.strongswan import IpsecSettings, StrongSwanDriver
 
 A_OUTER, B_OUTER = "192.0.2.1", "192.0.2.2"
@@ -45,12 +45,14 @@ class Site:
         return vici.Session(sock)
 
     def ike_sas(self) -> list[dict[str, Any]]:
-        """The IKE SAs of the connection, straight from charon."""
+        """The IKE SAs of the tunnel's connections (the configured one and its
+        make-before-break twin), straight from charon."""
         session = self.vici()
         try:
             out = []
-            for entry in session.list_sas({"ike": self.settings.connection}):
-                out.extend(entry.values())
+            for conn in self.settings.conn_names:
+                for entry in session.list_sas({"ike": conn}):
+                    out.extend(entry.values())
             return out
         finally:
             session.transport.close()
@@ -125,7 +127,8 @@ async def site_pair(
         for side, inner, over in (("a", A_INNER, over_a), ("b", B_INNER, over_b)):
             workdir = tmp_path / f"charon-{side}-{conn}"
             workdir.mkdir()
-            charon = CharonInstance(workdir, spawn=_spawner(lab, side, workdir))
+            charon = CharonInstance(workdir, spawn=_spawner(lab, side, workdir),
+                                    library_path=patched_libipsec_dir())
             charon.start()
             values: dict[str, Any] = {"psk_file": psk_file, **(over or {})}
             settings = make_settings(workdir, conn, side, **values)

@@ -120,3 +120,23 @@ async def test_negative_epoch_is_refused(tmp_path: Path) -> None:
     driver = StrongSwanDriver(full(tmp_path))
     with pytest.raises(TunnelError, match="epoch"):
         await driver.install_key(-1, bytes(32))
+
+
+def test_full_management_loads_a_make_before_break_twin(tmp_path: Path) -> None:
+    from gateway.tunnels.strongswan_settings import conn_message
+
+    s = full(tmp_path)
+    assert s.conn_names == ("site-b", "site-b-mbb")
+    assert s.twin_of("site-b") == "site-b-mbb" and s.twin_of("site-b-mbb") == "site-b"
+    (name_a, first), = conn_message(s).items()
+    (name_b, twin), = conn_message(s, "site-b-mbb").items()
+    assert (name_a, name_b) == ("site-b", "site-b-mbb")
+    # charon reuses an IKE SA whose config equals the initiated one (names aside):
+    # the twin must differ, in something that changes nothing else.
+    assert first != twin
+    assert {k for k in first if first[k] != twin[k]} == {"rand_time"}
+    assert first["unique"] == twin["unique"] == "no"
+    assert first["children"] == twin["children"] and "site-b" in first["children"]
+    # ppk-only: one swanctl connection, no twin.
+    only = IpsecSettings(tmp_path / "x", "conn", "ppk", manage="ppk-only")
+    assert only.conn_names == ("conn",) and only.twin_of("conn") == "conn"

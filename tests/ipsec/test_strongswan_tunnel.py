@@ -213,9 +213,12 @@ async def test_peer_deleting_the_tunnel_is_noticed(sites: tuple[Site, Site], wha
     a, b = sites
     await rotate(a, b, 1)
     assert a.downs == []
+    # The responder's SA is on either of the tunnel's two connections.
+    uid = established(b)[0]["uniqueid"].decode()
+    message = {"ike-id": uid} if what == "ike" else {"child": b.settings.child_name}
     session = b.vici()
     try:
-        for _ in session.terminate({what: b.settings.connection, "timeout": "3000"}):
+        for _ in session.terminate({**message, "timeout": "3000"}):
             pass
     finally:
         session.transport.close()
