@@ -100,12 +100,31 @@ def _indentation_issue(text: str, line: int, problem: str) -> tuple[str, str] | 
     )
 
 
+def _fast_compose(text: str) -> yaml.Node | None:
+    """The node tree by libyaml where PyYAML has it (a 10,000-peer config composes in
+    a second, not a minute); None when it is absent or finds a problem, so that the
+    pure-Python loader words the error as it always has."""
+    loader_cls = getattr(yaml, "CSafeLoader", None)
+    if loader_cls is None or not text.strip():
+        return None
+    loader = loader_cls(text)
+    try:
+        node: yaml.Node | None = loader.get_single_node()
+    except yaml.YAMLError:
+        return None
+    finally:
+        loader.dispose()
+    return node
+
+
 def compose(text: str, file: str) -> tuple[Any, Located, list[ConfigIssue]]:
     issues: list[ConfigIssue] = []
     loader: yaml.SafeLoader | None = None
+    root = _fast_compose(text)
     try:
-        loader = yaml.SafeLoader(text)
-        root = loader.get_single_node()
+        if root is None:
+            loader = yaml.SafeLoader(text)
+            root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 0)
@@ -159,7 +178,6 @@ def compose(text: str, file: str) -> tuple[Any, Located, list[ConfigIssue]]:
         if isinstance(node, yaml.SequenceNode):
             # Tuples: the models are frozen, and strict mode takes tuples as they are.
             return tuple(build(v, f"{path}[{i}]") for i, v in enumerate(node.value))
-        scalar_loader = yaml.SafeLoader("")
         try:
             return scalar_loader.construct_object(node)
         except yaml.YAMLError as exc:
@@ -173,10 +191,14 @@ def compose(text: str, file: str) -> tuple[Any, Located, list[ConfigIssue]]:
                 )
             )
             return None
-        finally:
-            scalar_loader.dispose()
 
-    data = build(root, "") if root is not None else None
+    # One constructor for every scalar: a loader per scalar cost most of the load
+    # time of a config with thousands of peers.
+    scalar_loader = yaml.SafeLoader("")
+    try:
+        data = build(root, "") if root is not None else None
+    finally:
+        scalar_loader.dispose()
     return data, Located(root), issues
 
 

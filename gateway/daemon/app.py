@@ -73,7 +73,6 @@ class GatewayDaemon:
         self._allowed: set[str] = set()
         self._peer_addresses: dict[str, set[str]] = {}
         self._background: list[asyncio.Task[None]] = []
-        self._peer_docs: dict[str, dict[str, Any]] = {}
         self.reloads = 0
 
     # ------------------------------------------------------------------ setup
@@ -132,7 +131,6 @@ class GatewayDaemon:
             await self._add_peer(peer)
         self._status = StatusServer(Path(cfg.gateway.status_socket), self.status_document)
         await self._status.start()
-        self._background.append(asyncio.create_task(self._refresh_peer_docs()))
         self._background.append(asyncio.create_task(self._pool_watch()))
         if self._notifier.watchdog_interval_s:
             self._background.append(asyncio.create_task(self._watchdog()))
@@ -155,6 +153,7 @@ class GatewayDaemon:
         driver = make_driver(peer, initiator)
         session = PeerSession(self._ctx, peer, driver, initiator)
         self.sessions[peer.id] = session
+        self._ctx.peer_count = len(self.sessions)
         await session.start()
 
     async def stop(self) -> None:
@@ -181,6 +180,7 @@ class GatewayDaemon:
 
     async def reload(self) -> None:
         self._notifier.reloading()
+        started = time.monotonic()
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
@@ -204,22 +204,16 @@ class GatewayDaemon:
             session = self.sessions.pop(peer.id, None)
             if session is not None:
                 await session.stop(keep_tunnel=False)
-                self._peer_docs.pop(peer.id, None)
         for peer in (*diff.changed, *diff.added):
             await self._add_peer(peer)
         self.reloads += 1
-        log.info("reloaded: %d added, %d removed, %d changed", len(diff.added),
-                 len(diff.removed), len(diff.changed))
+        self._ctx.peer_count = len(self.sessions)
+        took = time.monotonic() - started
+        log.info("reloaded in %.3f s: %d added, %d removed, %d changed", took, len(diff.added),
+                 len(diff.removed), len(diff.changed), extra={"reload_s": round(took, 4)})
         self._notifier.ready(f"{len(self.sessions)} peers")
 
     # ------------------------------------------------------------------ background
-
-    async def _refresh_peer_docs(self) -> None:
-        # Tunnel health needs I/O; the status socket answers from this cache.
-        while True:
-            for peer_id, session in list(self.sessions.items()):
-                self._peer_docs[peer_id] = await session.describe()
-            await asyncio.sleep(1.0)
 
     async def _control_watch(self) -> None:
         # Refusals reach telemetry as totals and one alarm, never one event each.
@@ -232,14 +226,22 @@ class GatewayDaemon:
             self._telemetry.control_stats(self._control.refused.as_dict(), len(self._control.conns))
 
     async def _pool_watch(self) -> None:
+        # Every link's pool level once an interval, the calls spread over it, and none
+        # for a link whose level an epoch's supply check read within it: 10,000 peers
+        # would otherwise ask the KME 10,000 times in a burst every 30 s.
         assert self._ctx is not None
+        keys = self._ctx.keys
         while True:
-            for session in list(self.sessions.values()):
-                if session.peer.qkd == "off":
-                    continue
-                with contextlib.suppress(Exception):
-                    await self._ctx.keys.pool_status(session.peer.sae_id)
-            await asyncio.sleep(POOL_CHECK_INTERVAL_S)
+            started = time.monotonic()
+            due = [s for s in list(self.sessions.values()) if s.peer.qkd != "off"
+                   and keys.status_age(s.peer.sae_id) >= POOL_CHECK_INTERVAL_S]
+            gap = POOL_CHECK_INTERVAL_S / max(1, len(due))
+            for session in due:
+                if session.peer.id in self.sessions:
+                    with contextlib.suppress(Exception):
+                        await keys.pool_status(session.peer.sae_id)
+                await asyncio.sleep(gap)
+            await asyncio.sleep(max(0.0, started + POOL_CHECK_INTERVAL_S - time.monotonic()))
 
     async def _watchdog(self) -> None:
         assert self._notifier.watchdog_interval_s is not None
@@ -256,8 +258,8 @@ class GatewayDaemon:
     def status_document(self) -> dict[str, Any]:
         now = time.monotonic()
         peers = []
-        for peer_id, session in self.sessions.items():
-            doc = dict(self._peer_docs.get(peer_id) or {"tunnel": None})
+        for session in self.sessions.values():
+            doc = {"tunnel": session.tunnel_doc()}
             doc.update(session.status.as_dict(now))
             peers.append(doc)
         return {
