@@ -121,13 +121,24 @@ class GuardedJournal(Journal):
     state dir's record up to date after each epoch."""
 
     def __init__(self, path: str | os.PathLike[str], identity: LocalIdentity,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+                 on_lost: Callable[[str], None] | None = None,
+                 record_every_s: float = 0.0) -> None:
         super().__init__(path)
         self._identity = identity
         self._on_lost = on_lost
         st = os.stat(self.path)
         self._inode = (st.st_dev, st.st_ino)
         self.lost: str | None = None
+        # Every peer's last epoch, kept here: the record lists them all, and reading
+        # them back from SQLite after each epoch cost O(peers) per commit.
+        self._epochs = self.epochs()
+        # 0: the record is rewritten after every epoch. Above 0 (the daemon): at most
+        # that often, by flush_record(), so a hub's 80 epochs a second cost one signed
+        # write a second, not 80 rewrites of a 10,000-peer record. The record is only
+        # ever behind the journal (written after the commits it lists), never ahead.
+        self._record_every_s = record_every_s
+        self._record_dirty = False
+        self._record_at = 0.0
 
     def check(self) -> str | None:
         """Why the journal is lost (deleted/replaced), or None while it is fine."""
@@ -149,4 +160,23 @@ class GuardedJournal(Journal):
                                    "daemon restarted")
         super().commit(peer_id, epoch, key_ids)
         if epoch is not None:
-            write_record(self.path, self.epochs(), self._identity)
+            self._epochs[peer_id] = epoch
+            self._record_dirty = True
+            if self._record_every_s <= 0:
+                self.flush_record()
+
+    def flush_record(self, force: bool = False) -> None:
+        """Rewrite the record if an epoch was made since, at most every record_every_s."""
+        if not self._record_dirty or self.lost is not None:
+            return
+        now = time.monotonic()
+        if not force and now - self._record_at < self._record_every_s:
+            return
+        write_record(self.path, self._epochs, self._identity)
+        self._record_dirty, self._record_at = False, now
+
+    def close(self) -> None:
+        try:
+            self.flush_record(force=True)
+        finally:
+            super().close()

@@ -101,6 +101,7 @@ class RemotePeers:
                                              Path(p["cert"]), Path(p["key"]))
         self.kme = KmeEndpoint(spec["kme_url"], spec["kme_id"], Path(spec["ca"]))
         self.errors: dict[str, int] = {}
+        self.cut_at_stop: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -178,9 +179,15 @@ class RemotePeers:
         peer.epochs += 1
 
     def _failed(self, peer: RemotePeer, exc: BaseException) -> None:
+        if self._stop.is_set():  # cut by our own stop: reported apart, no failure
+            kind = type(exc).__name__
+            self.cut_at_stop[kind] = self.cut_at_stop.get(kind, 0) + 1
+            return
         peer.failures += 1
         peer.last_error = f"{type(exc).__name__}: {exc}"[:200]
-        kind = type(exc).__name__
+        self._count(f"{type(exc).__name__}: {str(exc)[:60]}")
+
+    def _count(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
     # ------------------------------------------------------------------ responder
@@ -191,10 +198,14 @@ class RemotePeers:
             first = await read_frame(reader, MAX_FRAME, IO_TIMEOUT_S)
             init = decode(first)
             if not isinstance(init, Init) or init.responder_id not in self.peers:
+                self._count("refused: not an INIT for one of ours")
+                return
+            if self._stop.is_set():
+                return
+            if self.peers[init.responder_id].busy:
+                self._count("refused: a handshake of that peer is in progress")
                 return
             peer = self.peers[init.responder_id]
-            if peer.busy:
-                return
             peer.busy = True
             machine = ResponderHandshake(peer.params, peer.last_epoch, time.time())
             actions = machine.on_message(first, time.time())
@@ -261,6 +272,8 @@ class RemotePeers:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # handshakes being answered may finish
+            await asyncio.wait_for(server.wait_closed(), 5)
 
     def result(self) -> dict[str, Any]:
         return {
@@ -269,6 +282,7 @@ class RemotePeers:
                                   "last_error": p.last_error}
                       for p in self.peers.values()},
             "errors": self.errors,
+            "cut_at_stop": self.cut_at_stop,
         }
 
 

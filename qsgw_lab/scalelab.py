@@ -67,6 +67,8 @@ class ScaleLab:
     hub: subprocess.Popen[bytes] | None = None
     remote_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     figures: dict[str, float] = field(default_factory=dict)
+    remote_errors: dict[str, int] = field(default_factory=dict)
+    remote_cut: dict[str, int] = field(default_factory=dict)  # handshakes cut by the stop
 
     @property
     def config_path(self) -> Path:
@@ -232,8 +234,11 @@ class ScaleLab:
 
     def start_hub(self) -> subprocess.Popen[bytes]:
         log = self.log_path.open("ab")
-        self.hub = self.lab.popen(self.ns, [sys.executable, "-m", "gateway.cli", "run", "-c",
-                                            str(self.config_path)],
+        # QSGW_SCALE_PROFILE=FILE: the hub runs under cProfile (stats written at its exit).
+        profile = os.environ.get("QSGW_SCALE_PROFILE")
+        prof = ["-m", "cProfile", "-o", profile] if profile else []
+        self.hub = self.lab.popen(self.ns, [sys.executable, *prof, "-m", "gateway.cli", "run",
+                                            "-c", str(self.config_path)],
                                   stdout=log, stderr=subprocess.STDOUT)
         return self.hub
 
@@ -281,6 +286,10 @@ class ScaleLab:
             proc.wait(60)
             result = json.loads((self.workdir / f"remote{k}.result.json").read_text())
             out.update(result["peers"])
+            for kind, n in result["errors"].items():
+                self.remote_errors[kind] = self.remote_errors.get(kind, 0) + n
+            for kind, n in result["cut_at_stop"].items():
+                self.remote_cut[kind] = self.remote_cut.get(kind, 0) + n
         self.remote_procs = []
         return out
 

@@ -100,14 +100,35 @@ def _indentation_issue(text: str, line: int, problem: str) -> tuple[str, str] | 
     )
 
 
+_CLoader: Any = getattr(yaml, "CSafeLoader", None)
+
+if _CLoader is not None:
+    class _FastLoader(_CLoader):  # type: ignore[misc]
+        """libyaml's loader, with the tags of short plain scalars cached: a config with
+        thousands of peers repeats the same keys and values thousands of times, and
+        PyYAML's resolver (regular expressions, in Python) was most of its load time."""
+
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+            if kind is yaml.ScalarNode and isinstance(value, str) and len(value) <= 64:
+                key = (value, tuple(implicit))
+                tag = _TAGS.get(key)
+                if tag is None:
+                    if len(_TAGS) > 65536:
+                        _TAGS.clear()
+                    tag = _TAGS[key] = super().resolve(kind, value, implicit)
+                return tag
+            return super().resolve(kind, value, implicit)
+
+_TAGS: dict[tuple[str, tuple[bool, ...]], str] = {}
+
+
 def _fast_compose(text: str) -> yaml.Node | None:
     """The node tree by libyaml where PyYAML has it (a 10,000-peer config composes in
     a second, not a minute); None when it is absent or finds a problem, so that the
     pure-Python loader words the error as it always has."""
-    loader_cls = getattr(yaml, "CSafeLoader", None)
-    if loader_cls is None or not text.strip():
+    if _CLoader is None or not text.strip():
         return None
-    loader = loader_cls(text)
+    loader = _FastLoader(text)
     try:
         node: yaml.Node | None = loader.get_single_node()
     except yaml.YAMLError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -45,6 +46,8 @@ from .status import StatusServer
 log = logging.getLogger("qsgw.daemon")
 
 POOL_CHECK_INTERVAL_S = 30.0
+# The journal's signed record (journal_guard) is rewritten at most this often.
+JOURNAL_RECORD_EVERY_S = 1.0
 
 
 def is_initiator(gateway_id: str, peer: PeerConfig) -> bool:
@@ -74,6 +77,7 @@ class GatewayDaemon:
         self._peer_addresses: dict[str, set[str]] = {}
         self._background: list[asyncio.Task[None]] = []
         self.reloads = 0
+        self._reload_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ setup
 
@@ -108,7 +112,8 @@ class GatewayDaemon:
             log.critical("%s: new epochs stop; restore it and restart the daemon", detail)
             telemetry.alarm("journal_lost", cfg.gateway.id, True, detail)
 
-        self._journal = GuardedJournal(journal_path, identity, journal_lost)
+        self._journal = GuardedJournal(journal_path, identity, journal_lost,
+                                       record_every_s=JOURNAL_RECORD_EVERY_S)
         await self._telemetry.start()
         self._client = self._make_client(cfg)
         keys = KeySupply(self._client, self._telemetry,
@@ -134,6 +139,9 @@ class GatewayDaemon:
         self._background.append(asyncio.create_task(self._pool_watch()))
         if self._notifier.watchdog_interval_s:
             self._background.append(asyncio.create_task(self._watchdog()))
+        # What start made lives as long as the daemon: out of the collector's sweeps,
+        # which would otherwise walk thousands of sessions' objects again and again.
+        gc.freeze()
         self._notifier.ready(f"{len(self.sessions)} peers")
         log.info("gateway %s running: %d peers, control on %s:%d", cfg.gateway.id,
                  len(self.sessions), cfg.control.listen.host, cfg.control.listen.port)
@@ -179,10 +187,16 @@ class GatewayDaemon:
     # ------------------------------------------------------------------ reload
 
     async def reload(self) -> None:
+        async with self._reload_lock:  # SIGHUPs in quick succession apply one by one
+            await self._reload()
+
+    async def _reload(self) -> None:
         self._notifier.reloading()
         started = time.monotonic()
         try:
-            new = load_config(self.config_path)
+            # In a thread: a large config takes a second to validate, in which the
+            # sessions go on with their handshakes.
+            new = await asyncio.to_thread(load_config, self.config_path)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config:\n%s", exc)
             self._notifier.ready("reload refused")
@@ -208,6 +222,7 @@ class GatewayDaemon:
             await self._add_peer(peer)
         self.reloads += 1
         self._ctx.peer_count = len(self.sessions)
+        gc.freeze()
         took = time.monotonic() - started
         log.info("reloaded in %.3f s: %d added, %d removed, %d changed", took, len(diff.added),
                  len(diff.removed), len(diff.changed), extra={"reload_s": round(took, 4)})
@@ -223,6 +238,10 @@ class GatewayDaemon:
             self._control.tick()
             if isinstance(self._journal, GuardedJournal):
                 self._journal.check()  # a deleted journal raises its alarm without an epoch
+                try:
+                    self._journal.flush_record()
+                except OSError as exc:
+                    log.error("journal record not written: %s", exc)
             self._telemetry.control_stats(self._control.refused.as_dict(), len(self._control.conns))
 
     async def _pool_watch(self) -> None:

@@ -188,7 +188,7 @@ class WireGuardUapiDriver:
     async def start(self) -> None:
         s = self.settings
         if s.manage == "psk-only":
-            dev = await self.view().device(INSTALL_MAX_AGE_S)
+            dev = await self.view().device(self._max_age(INSTALL_MAX_AGE_S))
             if dev.peer(self._peer_pk) is None:
                 raise TunnelError(f"{self.ifname}: peer {s.peer_public_key} is not configured")
             return
@@ -224,7 +224,8 @@ class WireGuardUapiDriver:
         wgc.check_key(key, "epoch key", self.ifname)
         # From the shared snapshot: a peer removed by hand within its age is missed
         # here (update_only then sets nothing) and reported by the next health sample.
-        if (await self.view().device(INSTALL_MAX_AGE_S)).peer(self._peer_pk) is None:
+        if (await self.view().device(self._max_age(INSTALL_MAX_AGE_S))).peer(self._peer_pk) \
+                is None:
             raise TunnelError(f"{self.ifname}: peer {self.settings.peer_public_key} is gone")
         # update_only: never create the peer as a side effect (psk-only mode
         # must touch nothing but the key of an existing peer).
@@ -264,6 +265,11 @@ class WireGuardUapiDriver:
         self._epoch = None
         log.warning("wireguard %s blocked: peer session dropped, random PSK set", self.ifname)
 
+    def _max_age(self, shared_s: float) -> float:
+        # Only an interface that peers share (psk-only: a hub's) is read from a
+        # snapshot; a full-mode interface has one peer, which reads it fresh.
+        return shared_s if self.settings.manage == "psk-only" else 0.0
+
     def view(self) -> UapiView:
         if self._view is None:
             self._view = view_for(self._uapi)
@@ -271,7 +277,7 @@ class WireGuardUapiDriver:
 
     async def health(self) -> TunnelHealth:
         try:
-            dev = await self.view().device(HEALTH_MAX_AGE_S)
+            dev = await self.view().device(self._max_age(HEALTH_MAX_AGE_S))
         except TunnelError as exc:
             return TunnelHealth(up=False, detail=str(exc))
         peer = dev.peer(self._peer_pk)
