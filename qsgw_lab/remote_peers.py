@@ -12,7 +12,7 @@ journal (its epochs and used key_IDs are kept in memory, and reported).
 
 One scheduler task (a heap of due times) starts the initiations, not a task per
 peer: the first of each peer falls anywhere in the warm-up, the later ones every
-rekey interval with +-5 % jitter, as the daemon schedules its own.
+rekey interval plus up to 10 % jitter, as the daemon schedules its own.
 
     python -m qsgw_lab.remote_peers SPEC.json   (SIGTERM: stop, write SPEC.result.json)
 """
@@ -251,7 +251,7 @@ class RemotePeers:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
                 continue
-            heapq.heapreplace(heap, (due + interval * random.uniform(0.95, 1.05), peer_id))
+            heapq.heapreplace(heap, (due + interval * random.uniform(1.0, 1.1), peer_id))
             task = asyncio.create_task(self._initiate(self.peers[peer_id]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -213,7 +213,7 @@ class ScaleLab:
             "gateway": {"id": HUB_ID, "identity_dir": str(hub / "identity"),
                         "state_dir": str(hub / "state"),
                         "status_socket": str(self.status_socket)},
-            "control": {"listen": f"127.0.0.1:{CONTROL_PORT}", "max_connections": 1024},
+            "control": {"listen": f"127.0.0.1:{CONTROL_PORT}"},
             "kme": {"sae_id": HUB_SAE, "endpoints": [{"url": kme["url"], "kme_id": HUB_KME}],
                     "ca_file": kme["ca"], "cert_file": sae["cert"], "key_file": sae["key"]},
             "peers": peers,

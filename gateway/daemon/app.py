@@ -46,6 +46,7 @@ from .status import StatusServer
 log = logging.getLogger("qsgw.daemon")
 
 POOL_CHECK_INTERVAL_S = 30.0
+POOL_CHECKS_PER_S = 10.0
 # The journal's signed record (journal_guard) is rewritten at most this often.
 JOURNAL_RECORD_EVERY_S = 1.0
 
@@ -254,7 +255,8 @@ class GatewayDaemon:
             started = time.monotonic()
             due = [s for s in list(self.sessions.values()) if s.peer.qkd != "off"
                    and keys.status_age(s.peer.sae_id) >= POOL_CHECK_INTERVAL_S]
-            gap = POOL_CHECK_INTERVAL_S / max(1, len(due))
+            # At most POOL_CHECKS_PER_S calls: a round of 5,000 links takes minutes.
+            gap = max(POOL_CHECK_INTERVAL_S / max(1, len(due)), 1.0 / POOL_CHECKS_PER_S)
             for session in due:
                 if session.peer.id in self.sessions:
                     with contextlib.suppress(Exception):

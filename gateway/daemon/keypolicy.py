@@ -82,9 +82,10 @@ def share_scarce_keys(base: float, initial: float, key_lifetime_s: float,
 
 def jittered_interval(interval_s: float, first: bool, rng: random.Random | None = None) -> float:
     """The delay to the next rekey after an epoch. The first after a session starts
-    falls anywhere in the second half of the interval: sessions that start together
-    (a hub's thousands at boot) spread out at once instead of rekeying in step ever
-    after. Later ones keep +-5 % jitter, mean the interval, so they never fall back
-    into step and a healthy tunnel stays within its key budget."""
+    falls anywhere in 0.1-1 interval: sessions that start together (a hub's
+    thousands at boot) spread over a whole interval at once, instead of rekeying in
+    step ever after. Later ones take 1-1.1 intervals: the jitter keeps them from
+    falling back into step, and a delay never shorter than the interval keeps a
+    healthy tunnel within its key budget (KeyBudget)."""
     r = rng or random
-    return interval_s * (r.uniform(0.5, 1.0) if first else r.uniform(0.95, 1.05))
+    return interval_s * (r.uniform(0.1, 1.0) if first else r.uniform(1.0, 1.1))
