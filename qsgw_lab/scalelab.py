@@ -107,13 +107,16 @@ class ScaleLab:
     def topology(self) -> dict[str, Any]:
         kmes: list[dict[str, Any]] = [{"id": HUB_KME, "saes": [HUB_SAE]}]
         for k in range(self.remotes):
-            kmes.append({"id": f"KME_R{k}", "saes": [f"SAE_{peer_id(i).upper()}"
-                                                     for i in range(self.peers)
+            kmes.append({"id": f"KME_R{k}", "saes": [_sae(i) for i in range(self.peers)
                                                      if self.remote_of(i) == k]})
         need_bps = self.peers * KEY_BITS / self.rekey_interval_s
         return {
             "name": "scale-madqci",
             "kmes": kmes,
+            # The pairs that key (master, slave): the hub's N, not every pair of N SAEs
+            # (which the simulator would derive, 50 million of them for 10,000).
+            "pairs": [[HUB_SAE, _sae(i)] if i % 2 == 0 else [_sae(i), HUB_SAE]
+                      for i in range(self.peers)],
             # As madqci: one time-shared MDI-QKD hub, one pool for every pair. Its rate
             # and size are sized to the load (4x an interval's keys), so the bench
             # measures the gateway and not a starved link.
@@ -158,7 +161,7 @@ class ScaleLab:
     def peer_doc(self, i: int, identity: str) -> dict[str, Any]:
         return {
             "id": peer_id(i),
-            "sae_id": f"SAE_{peer_id(i).upper()}",
+            "sae_id": _sae(i),
             "control": f"{peer_address(i)}:{REMOTE_PORT + self.remote_of(i)}",
             "identity": identity,
             "role": "initiator" if i % 2 == 0 else "responder",
@@ -250,7 +253,7 @@ class ScaleLab:
             for i in range(self.peers):
                 if self.remote_of(i) != k:
                     continue
-                sae = f"SAE_{peer_id(i).upper()}"
+                sae = _sae(i)
                 peers.append({"id": peer_id(i), "sae_id": sae, "address": peer_address(i),
                               "initiates": i % 2 == 1,
                               "identity_dir": str(self.workdir / "remote-ids" / peer_id(i)),
@@ -316,6 +319,10 @@ class ScaleLab:
                         yield json.loads(line)
                     except ValueError:
                         continue
+
+
+def _sae(i: int) -> str:
+    return f"SAE_{peer_id(i).upper()}"
 
 
 def _wg_public(i: int) -> bytes:
