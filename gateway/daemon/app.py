@@ -34,6 +34,7 @@ from gateway.telemetry.setup import build_telemetry
 from kms_client import KmeClient, KmeEndpoint, SaeCredentials
 
 from .admission import InitAdmission
+from .commits import GroupCommitter
 from .context import DaemonContext
 from .control import ControlServer, resolve_host
 from .drivers import make_driver
@@ -119,7 +120,8 @@ class GatewayDaemon:
         self._client = self._make_client(cfg)
         keys = KeySupply(self._client, self._telemetry,
                          cfg.kme.endpoints[0].kme_id, cfg.kme.dec_keys_deadline_s)
-        self._ctx = DaemonContext(cfg, identity, self._journal, keys, self._telemetry)
+        self._ctx = DaemonContext(cfg, identity, self._journal, keys, self._telemetry,
+                                  committer=GroupCommitter(self._journal))
         self._refresh_allowed()
         journal = self._journal
         admission = self._admission = InitAdmission(

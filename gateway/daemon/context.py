@@ -15,6 +15,7 @@ from gateway.identity import LocalIdentity, PublicIdentity
 from gateway.journal import Journal
 from gateway.telemetry import Telemetry
 
+from .commits import GroupCommitter
 from .keysupply import KeySupply
 
 MAX_CONCURRENT_INITIATIONS = 32
@@ -27,6 +28,8 @@ class DaemonContext:
     journal: Journal
     keys: KeySupply
     telemetry: Telemetry
+    # The journal's group commit (the daemon's); None: sessions commit directly.
+    committer: GroupCommitter | None = None
     # How many sessions the daemon runs (liveness samples less often with thousands).
     peer_count: int = 0
     # Outgoing handshakes at once: a hub that starts thousands of sessions keys them

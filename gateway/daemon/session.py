@@ -353,7 +353,7 @@ class PeerSession(TunnelWatch):
                 if isinstance(action, SendMessage):
                     await channel.send(action.data)
                 elif isinstance(action, CommitEpoch):
-                    aborted = self._commit(machine, action)
+                    aborted = await self._commit(machine, action)
                     if aborted:
                         queue = aborted  # an abort clears what follows it (INIT, dec_keys)
                 elif isinstance(action, FetchQkdKeys):
@@ -394,9 +394,13 @@ class PeerSession(TunnelWatch):
             self._last_failure = None
             await self._check_liveness(in_handshake=True)
 
-    def _commit(self, machine: Any, action: CommitEpoch) -> list[Any]:
+    async def _commit(self, machine: Any, action: CommitEpoch) -> list[Any]:
         try:
-            self.ctx.journal.commit(action.peer_id, action.epoch, action.key_ids)
+            committer = getattr(self.ctx, "committer", None)  # the daemon's: batched
+            if committer is not None:
+                await committer.commit(action.peer_id, action.epoch, action.key_ids)
+            else:
+                self.ctx.journal.commit(action.peer_id, action.epoch, action.key_ids)
         except KeyReuseError as exc:
             self.log.error("QKD key reuse refused: %s", exc)
             return list(machine.abort(FailureReason.KEY_REUSE, time.time()))

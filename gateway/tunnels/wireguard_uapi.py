@@ -246,7 +246,7 @@ class WireGuardUapiDriver:
         # up to 3 minutes (REJECT_AFTER_TIME); removing the peer drops them at
         # once, and re-adding it with a random PSK keeps endpoint and allowed
         # IPs for the day a fresh key is installed on both sides.
-        dev = await self._uapi.get()
+        dev = await self.view().device(self._max_age(INSTALL_MAX_AGE_S))
         current = dev.peer(self._peer_pk)
         if current is None and self.settings.manage == "psk-only":
             log.warning("wireguard %s: block: peer absent, nothing can flow", self.ifname)
@@ -261,7 +261,8 @@ class WireGuardUapiDriver:
             )
         lines.append(f"preshared_key={secrets.token_hex(wgc.KEY_LEN)}")
         await self._uapi.set(lines)
-        self.view().invalidate()
+        if self.settings.manage != "psk-only":  # psk-only: the same peers, no fresh read
+            self.view().invalidate()
         self._epoch = None
         log.warning("wireguard %s blocked: peer session dropped, random PSK set", self.ifname)
 
