@@ -102,6 +102,7 @@ class RemotePeers:
         self.kme = KmeEndpoint(spec["kme_url"], spec["kme_id"], Path(spec["ca"]))
         self.errors: dict[str, int] = {}
         self.cut_at_stop: dict[str, int] = {}
+        self._heap: list[tuple[float, str, bool]] = []  # (due, peer, regular) initiations
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -185,6 +186,8 @@ class RemotePeers:
             return
         peer.failures += 1
         peer.last_error = f"{type(exc).__name__}: {exc}"[:200]
+        if sum(self.errors.values()) < 20:  # the first few, for the lab's log
+            print(f"{peer.peer_id}: {peer.last_error}", file=sys.stderr, flush=True)
         self._count(f"{type(exc).__name__}: {str(exc)[:60]}")
 
     def _count(self, kind: str) -> None:
@@ -231,6 +234,9 @@ class RemotePeers:
                                    HANDSHAKE_TIMEOUT_S)
         except Exception as exc:
             self._failed(peer, exc)
+            # As the daemon does: retry soon (backoff with jitter), not an interval later.
+            heapq.heappush(self._heap, (time.monotonic() + random.uniform(2.0, 5.0),
+                                        peer.peer_id, False))
         finally:
             peer.busy = False
 
@@ -241,17 +247,21 @@ class RemotePeers:
         while not go.exists():
             await asyncio.sleep(0.2)
         now = time.monotonic()
-        heap = [(now + random.uniform(0.0, warmup), p.peer_id)
-                for p in self.peers.values() if p.initiates]
+        heap = self._heap = [(now + random.uniform(0.0, warmup), p.peer_id, True)
+                             for p in self.peers.values() if p.initiates]
         heapq.heapify(heap)
         while heap and not self._stop.is_set():
-            due, peer_id = heap[0]
+            due, peer_id, regular = heap[0]
             delay = due - time.monotonic()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                    await asyncio.wait_for(self._stop.wait(), min(delay, 1.0))
                 continue
-            heapq.heapreplace(heap, (due + interval * random.uniform(1.0, 1.1), peer_id))
+            if regular:
+                heapq.heapreplace(heap, (due + interval * random.uniform(1.0, 1.1), peer_id,
+                                         True))
+            else:  # a retry after a failure: once
+                heapq.heappop(heap)
             task = asyncio.create_task(self._initiate(self.peers[peer_id]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

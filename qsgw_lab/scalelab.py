@@ -216,7 +216,9 @@ class ScaleLab:
             "gateway": {"id": HUB_ID, "identity_dir": str(hub / "identity"),
                         "state_dir": str(hub / "state"),
                         "status_socket": str(self.status_socket)},
-            "control": {"listen": f"127.0.0.1:{CONTROL_PORT}"},
+            # A hub's handshakes in flight (rate x latency) outgrow the default 128
+            # connections in a burst; above it, new ones are evicted (docs/operations.md).
+            "control": {"listen": f"127.0.0.1:{CONTROL_PORT}", "max_connections": 1024},
             "kme": {"sae_id": HUB_SAE, "endpoints": [{"url": kme["url"], "kme_id": HUB_KME}],
                     "ca_file": kme["ca"], "cert_file": sae["cert"], "key_file": sae["key"]},
             "peers": peers,
