@@ -151,10 +151,11 @@ def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any
         doc = wait_status(sl, 60)
         if keyed(doc) == args.peers:
             break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"warm-up: {keyed(doc)} of {args.peers} peers keyed")
+        if time.monotonic() > deadline:  # measured all the same, and said so
+            break
         time.sleep(5)
     warmup_s = time.monotonic() - started
+    keyed_after_warmup = keyed(doc)
     # The measured window.
     calls0, calls_t0 = kme_calls(sl), time.monotonic()
     cpu0, wall0, unix0 = cpu_seconds(hub.pid), time.monotonic(), time.time()
@@ -239,6 +240,7 @@ def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any
             "loadavg_at_end": os.getloadavg()[0],
         },
         "checks": {
+            "peers_keyed_after_warmup": keyed_after_warmup,
             "peers_keyed_at_end": keyed(final),
             "peers_in_status_after_sighup": len(after_reload["peers"]),
             "sighup_log": None if reload is None else reload["msg"],

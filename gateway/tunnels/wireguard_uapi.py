@@ -38,6 +38,8 @@ _MAX_REPLY = 64 << 20
 # "is the peer still there" check before a key install (uapi_view).
 HEALTH_MAX_AGE_S = 2.0
 INSTALL_MAX_AGE_S = 5.0
+# ... or this long per peer the interface holds, if longer (uapi_view).
+SNAPSHOT_AGE_PER_PEER_S = 1e-3
 
 
 @dataclass(slots=True)
@@ -188,7 +190,7 @@ class WireGuardUapiDriver:
     async def start(self) -> None:
         s = self.settings
         if s.manage == "psk-only":
-            dev = await self.view().device(self._max_age(INSTALL_MAX_AGE_S))
+            dev = await self.view().device(*self._max_age(INSTALL_MAX_AGE_S))
             if dev.peer(self._peer_pk) is None:
                 raise TunnelError(f"{self.ifname}: peer {s.peer_public_key} is not configured")
             return
@@ -224,7 +226,7 @@ class WireGuardUapiDriver:
         wgc.check_key(key, "epoch key", self.ifname)
         # From the shared snapshot: a peer removed by hand within its age is missed
         # here (update_only then sets nothing) and reported by the next health sample.
-        if (await self.view().device(self._max_age(INSTALL_MAX_AGE_S))).peer(self._peer_pk) \
+        if (await self.view().device(*self._max_age(INSTALL_MAX_AGE_S))).peer(self._peer_pk) \
                 is None:
             raise TunnelError(f"{self.ifname}: peer {self.settings.peer_public_key} is gone")
         # update_only: never create the peer as a side effect (psk-only mode
@@ -246,7 +248,7 @@ class WireGuardUapiDriver:
         # up to 3 minutes (REJECT_AFTER_TIME); removing the peer drops them at
         # once, and re-adding it with a random PSK keeps endpoint and allowed
         # IPs for the day a fresh key is installed on both sides.
-        dev = await self.view().device(self._max_age(INSTALL_MAX_AGE_S))
+        dev = await self.view().device(*self._max_age(INSTALL_MAX_AGE_S))
         current = dev.peer(self._peer_pk)
         if current is None and self.settings.manage == "psk-only":
             log.warning("wireguard %s: block: peer absent, nothing can flow", self.ifname)
@@ -266,10 +268,12 @@ class WireGuardUapiDriver:
         self._epoch = None
         log.warning("wireguard %s blocked: peer session dropped, random PSK set", self.ifname)
 
-    def _max_age(self, shared_s: float) -> float:
+    def _max_age(self, shared_s: float) -> tuple[float, float]:
         # Only an interface that peers share (psk-only: a hub's) is read from a
         # snapshot; a full-mode interface has one peer, which reads it fresh.
-        return shared_s if self.settings.manage == "psk-only" else 0.0
+        if self.settings.manage == "psk-only":
+            return shared_s, SNAPSHOT_AGE_PER_PEER_S
+        return 0.0, 0.0
 
     def view(self) -> UapiView:
         if self._view is None:
@@ -278,7 +282,7 @@ class WireGuardUapiDriver:
 
     async def health(self) -> TunnelHealth:
         try:
-            dev = await self.view().device(self._max_age(HEALTH_MAX_AGE_S))
+            dev = await self.view().device(*self._max_age(HEALTH_MAX_AGE_S))
         except TunnelError as exc:
             return TunnelHealth(up=False, detail=str(exc))
         peer = dev.peer(self._peer_pk)
