@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -84,6 +84,8 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._last: dict[str, int] = {
+                str(p): int(e) for p, e in self._db.execute("SELECT peer_id, epoch FROM epochs")}
         except FileSafetyError as exc:
             raise JournalError(f"journal refused: {exc}") from None
         except (OSError, sqlite3.Error) as exc:
@@ -95,44 +97,67 @@ class Journal:
 
     def commit(self, peer_id: str, epoch: int | None, key_ids: Iterable[str]) -> None:
         """Atomically record the epoch (if given) and consume the key_IDs, durably."""
-        ids = list(key_ids)
-        if len(set(ids)) != len(ids):
-            raise KeyReuseError(f"key_ID listed twice for peer {peer_id}")
+        result = self.commit_many([(peer_id, epoch, list(key_ids))])[0]
+        if result is not None:
+            raise result
+
+    def commit_many(self, items: Sequence[tuple[str, int | None, Sequence[str]]]
+                    ) -> list[JournalError | None]:
+        """Several commits in one transaction, one fsync (group commit): each item
+        all or none (a savepoint each), its refusal (KeyReuseError, StaleEpochError,
+        EpochRangeError) returned in its place; durable when this returns."""
+        results: list[JournalError | None] = []
+        done: list[tuple[str, int]] = []
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for key_id in ids:
-                    row = self._db.execute(
-                        "SELECT peer_id FROM key_ids WHERE key_id = ?", (key_id,)
-                    ).fetchone()
-                    if row is not None:
-                        raise KeyReuseError(
-                            f"QKD key_ID {key_id} was already used (peer {row[0]})"
-                        )
-                    self._db.execute(
-                        "INSERT INTO key_ids VALUES (?, ?, ?, ?)",
-                        (key_id, peer_id, epoch, time.time()),
-                    )
-                if epoch is not None:
-                    if not 1 <= epoch <= MAX_EPOCH:
-                        raise EpochRangeError(
-                            f"epoch {epoch} for peer {peer_id} is outside 1..{MAX_EPOCH}, "
-                            "what the journal can store"
-                        )
-                    last = self._last_epoch(peer_id)
-                    if epoch <= last:
-                        raise StaleEpochError(
-                            f"epoch {epoch} for peer {peer_id} is not above {last}"
-                        )
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO epochs VALUES (?, ?)", (peer_id, epoch)
-                    )
+                for peer_id, epoch, key_ids in items:
+                    self._db.execute("SAVEPOINT one")
+                    try:
+                        self._apply(peer_id, epoch, list(key_ids))
+                    except JournalError as exc:
+                        self._db.execute("ROLLBACK TO one")
+                        results.append(exc)
+                    else:
+                        results.append(None)
+                        if epoch is not None:
+                            done.append((peer_id, epoch))
+                    self._db.execute("RELEASE one")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path} write failed: {exc}") from exc
+        for peer_id, epoch in done:
+            self._last[peer_id] = max(epoch, self._last.get(peer_id, 0))
+        return results
+
+    def _apply(self, peer_id: str, epoch: int | None, ids: list[str]) -> None:
+        if len(set(ids)) != len(ids):
+            raise KeyReuseError(f"key_ID listed twice for peer {peer_id}")
+        for key_id in ids:
+            row = self._db.execute(
+                "SELECT peer_id FROM key_ids WHERE key_id = ?", (key_id,)
+            ).fetchone()
+            if row is not None:
+                raise KeyReuseError(f"QKD key_ID {key_id} was already used (peer {row[0]})")
+            self._db.execute(
+                "INSERT INTO key_ids VALUES (?, ?, ?, ?)",
+                (key_id, peer_id, epoch, time.time()),
+            )
+        if epoch is not None:
+            if not 1 <= epoch <= MAX_EPOCH:
+                raise EpochRangeError(
+                    f"epoch {epoch} for peer {peer_id} is outside 1..{MAX_EPOCH}, "
+                    "what the journal can store"
+                )
+            row = self._db.execute(
+                "SELECT epoch FROM epochs WHERE peer_id = ?", (peer_id,)).fetchone()
+            last = 0 if row is None else int(row[0])
+            if epoch <= last:
+                raise StaleEpochError(f"epoch {epoch} for peer {peer_id} is not above {last}")
+            self._db.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?)", (peer_id, epoch))
 
     def is_consumed(self, key_id: str) -> bool:
         row = self._db.execute("SELECT 1 FROM key_ids WHERE key_id = ?", (key_id,)).fetchone()
@@ -157,8 +182,9 @@ class Journal:
         return [{"key_id": k, "peer": p, "epoch": e, "consumed_at": t} for k, p, e, t in rows]
 
     def _last_epoch(self, peer_id: str) -> int:
-        row = self._db.execute("SELECT epoch FROM epochs WHERE peer_id = ?", (peer_id,)).fetchone()
-        return 0 if row is None else int(row[0])
+        # From memory: the event loop asks for every handshake, and must not wait
+        # on the database while a group commit holds it in another thread.
+        return self._last.get(peer_id, 0)
 
     def health(self) -> str | None:
         """Why the journal cannot be used now, None while it can (a local file)."""

@@ -14,8 +14,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from gateway.crypto.builtin import ED25519, ML_DSA_65
@@ -121,32 +122,83 @@ class GuardedJournal(Journal):
     state dir's record up to date after each epoch."""
 
     def __init__(self, path: str | os.PathLike[str], identity: LocalIdentity,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+                 on_lost: Callable[[str], None] | None = None,
+                 record_every_s: float = 0.0) -> None:
         super().__init__(path)
         self._identity = identity
         self._on_lost = on_lost
         st = os.stat(self.path)
         self._inode = (st.st_dev, st.st_ino)
         self.lost: str | None = None
+        self._lost_reported = False
+        self._epochs_lock = threading.Lock()
+        # Every peer's last epoch, kept here: the record lists them all, and reading
+        # them back from SQLite after each epoch cost O(peers) per commit.
+        self._epochs = self.epochs()
+        # 0: the record is rewritten after every epoch. Above 0 (the daemon): at most
+        # that often, by flush_record(), so a hub's 80 epochs a second cost one signed
+        # write a second, not 80 rewrites of a 10,000-peer record. The record is only
+        # ever behind the journal (written after the commits it lists), never ahead.
+        self._record_every_s = record_every_s
+        self._record_dirty = False
+        self._record_at = 0.0
 
     def check(self) -> str | None:
         """Why the journal is lost (deleted/replaced), or None while it is fine."""
         if self.lost is None:
-            try:
-                st = os.stat(self.path, follow_symlinks=False)
-                if (st.st_dev, st.st_ino) != self._inode:
-                    self.lost = f"journal {self.path} was replaced while running"
-            except FileNotFoundError:
-                self.lost = f"journal {self.path} was deleted while running"
-            if self.lost is not None and self._on_lost is not None:
+            self.lost = self._inode_changed()
+        if self.lost is not None and not self._lost_reported:
+            self._lost_reported = True
+            if self._on_lost is not None:
                 self._on_lost(self.lost)
         return self.lost
 
+    def _inode_changed(self) -> str | None:
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return f"journal {self.path} was deleted while running"
+        if (st.st_dev, st.st_ino) != self._inode:
+            return f"journal {self.path} was replaced while running"
+        return None
+
     def commit(self, peer_id: str, epoch: int | None, key_ids: Iterable[str]) -> None:
-        lost = self.check()
-        if lost is not None:
-            raise JournalLostError(f"{lost}: no new epoch until it is restored and the "
-                                   "daemon restarted")
+        self.check()  # in the caller's thread: a lost journal raises its alarm at once
         super().commit(peer_id, epoch, key_ids)
-        if epoch is not None:
-            write_record(self.path, self.epochs(), self._identity)
+
+    def commit_many(self, items: Sequence[tuple[str, int | None, Sequence[str]]]
+                    ) -> list[JournalError | None]:
+        # May run in the group committer's thread: the loss is noted here, and
+        # reported (the alarm) by the next check() in the event loop.
+        if self.lost is None:
+            self.lost = self._inode_changed()
+        if self.lost is not None:
+            raise JournalLostError(f"{self.lost}: no new epoch until it is restored and the "
+                                   "daemon restarted")
+        results = super().commit_many(items)
+        with self._epochs_lock:
+            for (peer_id, epoch, _), result in zip(items, results, strict=True):
+                if result is None and epoch is not None:
+                    self._epochs[peer_id] = max(epoch, self._epochs.get(peer_id, 0))
+                    self._record_dirty = True
+        if self._record_every_s <= 0:
+            self.flush_record()
+        return results
+
+    def flush_record(self, force: bool = False) -> None:
+        """Rewrite the record if an epoch was made since, at most every record_every_s."""
+        if not self._record_dirty or self.lost is not None:
+            return
+        now = time.monotonic()
+        if not force and now - self._record_at < self._record_every_s:
+            return
+        with self._epochs_lock:
+            epochs, self._record_dirty = dict(self._epochs), False
+        write_record(self.path, epochs, self._identity)
+        self._record_at = now
+
+    def close(self) -> None:
+        try:
+            self.flush_record(force=True)
+        finally:
+            super().close()

@@ -163,7 +163,10 @@ class KmeClient:
                     verify=ctx,
                     timeout=httpx.Timeout(timeout),
                     headers={"Accept": "application/json"},
-                    limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+                    # Every connection kept alive: a hub's bursts of calls would otherwise
+                    # close the ones above the keep-alive count, and pay a TLS handshake
+                    # for each new one (most of its KME cost at thousands of peers).
+                    limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
                     trust_env=False,
                 )
             )

@@ -50,7 +50,7 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
 
     yield from dupes(("id",), "peer id")
     yield from dupes(("sae_id",), "SAE ID")
-    yield from dupes(("tunnel", "interface"), "interface", "wireguard")
+    yield from _interface_dupes(peers)
     yield from dupes(("tunnel", "listen_port"), "WireGuard listen port", "wireguard")
     yield from dupes(("tunnel", "connection"), "connection", "ipsec")
     yield from dupes(("tunnel", "ppk_id"), "ppk_id", "ipsec")
@@ -81,6 +81,35 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
             ("telemetry", "metrics", "listen"),
             f"port {metrics.port} is control.listen's too; pick another TCP port",
         )
+
+
+def _interface_dupes(peers: list[tuple[int, Any]]) -> Iterator[tuple[Loc, str]]:
+    """A WireGuard interface is one peer's (manage: full) or shared by peers that key an
+    interface managed elsewhere (manage: psk-only, a hub's interface with many peers),
+    each with its own peer_public_key."""
+    owner: dict[object, tuple[int, str]] = {}
+    keys: dict[tuple[object, object], int] = {}
+    for i, peer in peers:
+        if _get(peer, "tunnel", "type") != "wireguard":
+            continue
+        name = _get(peer, "tunnel", "interface")
+        if name is None or isinstance(name, dict | tuple):
+            continue
+        manage = _get(peer, "tunnel", "manage") or "full"
+        first = owner.setdefault(name, (i, manage))
+        if first[0] != i and (manage != "psk-only" or first[1] != "psk-only"):
+            yield (("peers", i, "tunnel", "interface"),
+                   f"duplicate interface '{name}' (peers[{first[0]}] has it too); each peer "
+                   "needs its own, unless every peer on it has manage: psk-only")
+            continue
+        pk = _get(peer, "tunnel", "peer_public_key")
+        if isinstance(pk, str):
+            if (name, pk) in keys:
+                yield (("peers", i, "tunnel", "peer_public_key"),
+                       f"duplicate peer_public_key on interface '{name}' (peers[{keys[name, pk]}]"
+                       " has it too); each peer of an interface needs its own")
+            else:
+                keys[name, pk] = i
 
 
 def _hostport_or_none(value: Any) -> HostPort | None:

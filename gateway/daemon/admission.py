@@ -128,7 +128,7 @@ class InitAdmission:
     def _verify(self, init: Init, identity_text: str) -> bool:
         ident = self._identities.get(identity_text)
         if ident is None:
-            if len(self._identities) > 1024:
+            if len(self._identities) > 65536:  # texts of peers long removed (reloads)
                 self._identities.clear()
             ident = self._identities[identity_text] = PublicIdentity.from_text(identity_text)
         message, context = init.signed_part, transcript.SIG_CONTEXT_INIT

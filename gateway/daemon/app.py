@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -33,6 +34,7 @@ from gateway.telemetry.setup import build_telemetry
 from kms_client import KmeClient, KmeEndpoint, SaeCredentials
 
 from .admission import InitAdmission
+from .commits import GroupCommitter
 from .context import DaemonContext
 from .control import ControlServer, resolve_host
 from .drivers import make_driver
@@ -48,6 +50,9 @@ from .status import StatusServer
 log = logging.getLogger("qsgw.daemon")
 
 POOL_CHECK_INTERVAL_S = 30.0
+POOL_CHECKS_PER_S = 10.0
+# The journal's signed record (journal_guard) is rewritten at most this often.
+JOURNAL_RECORD_EVERY_S = 1.0
 
 
 def is_initiator(gateway_id: str, peer: PeerConfig) -> bool:
@@ -78,8 +83,8 @@ class GatewayDaemon:
         self._allowed: set[str] = set()
         self._peer_addresses: dict[str, set[str]] = {}
         self._background: list[asyncio.Task[None]] = []
-        self._peer_docs: dict[str, dict[str, Any]] = {}
         self.reloads = 0
+        self._reload_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ setup
 
@@ -113,14 +118,18 @@ class GatewayDaemon:
             log.critical("%s: new epochs stop; restore it and restart the daemon", detail)
             telemetry.alarm("journal_lost", cfg.gateway.id, True, detail)
 
-        self._journal = open_journal(cfg, identity, telemetry, journal_lost)
+        self._journal = open_journal(cfg, identity, telemetry, journal_lost,
+                                     record_every_s=JOURNAL_RECORD_EVERY_S)
         self._journal_watch = JournalWatch(self._journal, telemetry)
         await self._telemetry.start()
         self._client = self._make_client(cfg)
         keys = KeySupply(self._client, self._telemetry,
                          cfg.kme.endpoints[0].kme_id, cfg.kme.dec_keys_deadline_s)
         self._ctx = DaemonContext(cfg, identity, self._journal, keys, self._telemetry,
-                                  control_source=cfg.ha.virtual_address if cfg.ha else None)
+                                  control_source=cfg.ha.virtual_address if cfg.ha else None,
+                                  # SQLite's group commit; PostgreSQL commits each (one round trip)
+                                  committer=GroupCommitter(self._journal)
+                                  if isinstance(self._journal, GuardedJournal) else None)
         if cfg.ha is not None:
             self.role = HaRole(cfg.ha.virtual_address, cfg.ha.member, cfg.ha.check_interval_s)
             self.role.listen(self._role_changed)
@@ -143,13 +152,15 @@ class GatewayDaemon:
             await self._add_peer(peer)
         self._status = StatusServer(Path(cfg.gateway.status_socket), self.status_document)
         await self._status.start()
-        self._background.append(asyncio.create_task(self._refresh_peer_docs()))
         self._background.append(asyncio.create_task(self._pool_watch()))
         self._background.append(asyncio.create_task(self._journal_watch.run()))
         if self.role is not None:
             self._background.append(asyncio.create_task(self.role.run()))
         if self._notifier.watchdog_interval_s:
             self._background.append(asyncio.create_task(self._watchdog()))
+        # What start made lives as long as the daemon: out of the collector's sweeps,
+        # which would otherwise walk thousands of sessions' objects again and again.
+        gc.freeze()
         self._notifier.ready(f"{len(self.sessions)} peers")
         log.info("gateway %s running: %d peers, control on %s:%d", cfg.gateway.id,
                  len(self.sessions), cfg.control.listen.host, cfg.control.listen.port)
@@ -170,6 +181,7 @@ class GatewayDaemon:
         session = PeerSession(self._ctx, peer, driver, initiator) if self.role is None \
             else HaPeerSession(self._ctx, peer, driver, initiator, self.role)
         self.sessions[peer.id] = session
+        self._ctx.peer_count = len(self.sessions)
         await session.start()
 
     async def stop(self) -> None:
@@ -195,9 +207,16 @@ class GatewayDaemon:
     # ------------------------------------------------------------------ reload
 
     async def reload(self) -> None:
+        async with self._reload_lock:  # SIGHUPs in quick succession apply one by one
+            await self._reload()
+
+    async def _reload(self) -> None:
         self._notifier.reloading()
+        started = time.monotonic()
         try:
-            new = load_config(self.config_path)
+            # In a thread: a large config takes a second to validate, in which the
+            # sessions go on with their handshakes.
+            new = await asyncio.to_thread(load_config, self.config_path)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config:\n%s", exc)
             self._notifier.ready("reload refused")
@@ -217,22 +236,17 @@ class GatewayDaemon:
             session = self.sessions.pop(peer.id, None)
             if session is not None:
                 await session.stop(keep_tunnel=False)
-                self._peer_docs.pop(peer.id, None)
         for peer in (*diff.changed, *diff.added):
             await self._add_peer(peer)
         self.reloads += 1
-        log.info("reloaded: %d added, %d removed, %d changed", len(diff.added),
-                 len(diff.removed), len(diff.changed))
+        self._ctx.peer_count = len(self.sessions)
+        gc.freeze()
+        took = time.monotonic() - started
+        log.info("reloaded in %.3f s: %d added, %d removed, %d changed", took, len(diff.added),
+                 len(diff.removed), len(diff.changed), extra={"reload_s": round(took, 4)})
         self._notifier.ready(f"{len(self.sessions)} peers")
 
     # ------------------------------------------------------------------ background
-
-    async def _refresh_peer_docs(self) -> None:
-        # Tunnel health needs I/O; the status socket answers from this cache.
-        while True:
-            for peer_id, session in list(self.sessions.items()):
-                self._peer_docs[peer_id] = await session.describe()
-            await asyncio.sleep(1.0)
 
     async def _control_watch(self) -> None:
         # Refusals reach telemetry as totals and one alarm, never one event each.
@@ -242,19 +256,32 @@ class GatewayDaemon:
             self._control.tick()
             if isinstance(self._journal, GuardedJournal):
                 self._journal.check()  # a deleted journal raises its alarm without an epoch
+                try:
+                    self._journal.flush_record()
+                except OSError as exc:
+                    log.error("journal record not written: %s", exc)
             if isinstance(self._journal, SharedJournal):
                 self._journal.tick()
             self._telemetry.control_stats(self._control.refused.as_dict(), len(self._control.conns))
 
     async def _pool_watch(self) -> None:
+        # Every link's pool level once an interval, the calls spread over it, and none
+        # for a link whose level an epoch's supply check read within it: 10,000 peers
+        # would otherwise ask the KME 10,000 times in a burst every 30 s.
         assert self._ctx is not None
+        keys = self._ctx.keys
         while True:
-            for session in list(self.sessions.values()):
-                if session.peer.qkd == "off":
-                    continue
-                with contextlib.suppress(Exception):
-                    await self._ctx.keys.pool_status(session.peer.sae_id)
-            await asyncio.sleep(POOL_CHECK_INTERVAL_S)
+            started = time.monotonic()
+            due = [s for s in list(self.sessions.values()) if s.peer.qkd != "off"
+                   and keys.status_age(s.peer.sae_id) >= POOL_CHECK_INTERVAL_S]
+            # At most POOL_CHECKS_PER_S calls: a round of 5,000 links takes minutes.
+            gap = max(POOL_CHECK_INTERVAL_S / max(1, len(due)), 1.0 / POOL_CHECKS_PER_S)
+            for session in due:
+                if session.peer.id in self.sessions:
+                    with contextlib.suppress(Exception):
+                        await keys.pool_status(session.peer.sae_id)
+                await asyncio.sleep(gap)
+            await asyncio.sleep(max(0.0, started + POOL_CHECK_INTERVAL_S - time.monotonic()))
 
     async def _watchdog(self) -> None:
         assert self._notifier.watchdog_interval_s is not None
@@ -280,8 +307,8 @@ class GatewayDaemon:
     def status_document(self) -> dict[str, Any]:
         now = time.monotonic()
         peers = []
-        for peer_id, session in self.sessions.items():
-            doc = dict(self._peer_docs.get(peer_id) or {"tunnel": None})
+        for session in self.sessions.values():
+            doc = {"tunnel": session.tunnel_doc()}
             doc.update(session.status.as_dict(now))
             peers.append(doc)
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,10 @@ from gateway.identity import LocalIdentity, PublicIdentity
 from gateway.journal_api import JournalStore
 from gateway.telemetry import Telemetry
 
+from .commits import GroupCommitter
 from .keysupply import KeySupply
+
+MAX_CONCURRENT_INITIATIONS = 32
 
 
 @dataclass
@@ -25,6 +29,14 @@ class DaemonContext:
     keys: KeySupply
     telemetry: Telemetry
     control_source: str | None = None  # connect to peers from here (an HA pair's VIP)
+    # The journal's group commit (the daemon's); None: sessions commit directly.
+    committer: GroupCommitter | None = None
+    # How many sessions the daemon runs (liveness samples less often with thousands).
+    peer_count: int = 0
+    # Outgoing handshakes at once: a hub that starts thousands of sessions keys them
+    # in a steady stream instead of timing out under its own burst.
+    initiations: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_INITIATIONS), repr=False)
     # Static McEliece keys (0.5-1 MB) read once, not per session: by file and pin.
     _static_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 

@@ -27,10 +27,11 @@ def check_journal_at_start(cfg: GatewayConfig, identity: LocalIdentity, config_h
 
 
 def open_journal(cfg: GatewayConfig, identity: LocalIdentity, telemetry: Telemetry,
-                 on_lost: Callable[[str], None]) -> JournalStore:
+                 on_lost: Callable[[str], None], record_every_s: float = 0.0) -> JournalStore:
     j = cfg.journal
     if j.backend == "sqlite":
-        return GuardedJournal(Path(cfg.gateway.state_dir) / "journal.db", identity, on_lost)
+        return GuardedJournal(Path(cfg.gateway.state_dir) / "journal.db", identity, on_lost,
+                              record_every_s=record_every_s)
     from gateway.journal_pg import PgJournal  # psycopg only where it is used
 
     assert j.conninfo is not None  # the config requires it for postgresql

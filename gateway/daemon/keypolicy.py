@@ -6,6 +6,7 @@ No I/O and no clock of its own: the session passes the times and numbers in.
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 
 # Keys are plentiful while the link's pool holds at least this many epochs' worth.
@@ -77,3 +78,14 @@ def share_scarce_keys(base: float, initial: float, key_lifetime_s: float,
     left = key_lifetime_s - key_age_s
     share = min(1.0, max(0.0, left / key_lifetime_s))
     return initial + (base - initial) * share if base > initial else base
+
+
+def jittered_interval(interval_s: float, first: bool, rng: random.Random | None = None) -> float:
+    """The delay to the next rekey after an epoch. The first after a session starts
+    falls anywhere in 0.1-1 interval: sessions that start together (a hub's
+    thousands at boot) spread over a whole interval at once, instead of rekeying in
+    step ever after. Later ones take 1-1.1 intervals: the jitter keeps them from
+    falling back into step, and a delay never shorter than the interval keeps a
+    healthy tunnel within its key budget (KeyBudget)."""
+    r = rng or random
+    return interval_s * (r.uniform(0.1, 1.0) if first else r.uniform(1.0, 1.1))

@@ -34,6 +34,7 @@ class KeySupply:
         self._telemetry = telemetry
         self._kme_id = kme_id
         self._deadline_s = dec_keys_deadline_s
+        self._status_at: dict[str, float] = {}  # SAE ID -> when its pool level was read
 
     async def fetch_new(self, peer_id: str, slave_sae_id: str, count: int
                         ) -> list[DeliveredKey]:
@@ -63,8 +64,16 @@ class KeySupply:
             return False
         return True
 
+    def status_age(self, sae_id: str) -> float:
+        """Seconds since the pool level of the link to `sae_id` was last read (inf: never)."""
+        at = self._status_at.get(sae_id)
+        return float("inf") if at is None else time.monotonic() - at
+
     async def pool_status(self, slave_sae_id: str) -> tuple[int, int]:
         status = await self._timed("status", self._client.status(slave_sae_id))
+        if len(self._status_at) > 65536:  # SAEs of peers long removed
+            self._status_at.clear()
+        self._status_at[slave_sae_id] = time.monotonic()
         self._telemetry.pool_level(self._kme_id, slave_sae_id, status.stored_key_count,
                                    status.max_key_count)
         return status.stored_key_count, status.max_key_count

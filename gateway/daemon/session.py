@@ -95,6 +95,7 @@ class PeerSession(TunnelWatch):
         self._budget = KeyBudget()
         self._attempt_spent = False
         self._last_failure: str | None = None  # since the last epoch the tunnel took
+        self._triggered_mono = 0.0  # when the current handshake was due (or INIT came)
         if hasattr(driver, "on_down"):
             # IPsec: charon reports a tunnel it dropped on its own; bring it back.
             driver.on_down = self._on_tunnel_down
@@ -190,8 +191,9 @@ class PeerSession(TunnelWatch):
                 self._publish()
                 continue
             self._attempt_spent = False
+            self._triggered_mono = time.monotonic()
             try:
-                async with self._lock:
+                async with self.ctx.initiations, self._lock:
                     await asyncio.wait_for(self._initiate_once(), HANDSHAKE_TIMEOUT_S)
             except asyncio.CancelledError:
                 raise
@@ -208,7 +210,8 @@ class PeerSession(TunnelWatch):
                 # together do not retry in lockstep.
                 self.status.next_rekey_mono = time.monotonic() + base * random.uniform(0.5, 1.0)
             else:
-                self.status.next_rekey_mono = time.monotonic() + self._rekey_interval()
+                self.status.next_rekey_mono = time.monotonic() + keypolicy.jittered_interval(
+                    self._rekey_interval(), first=self.status.epochs_made == 1)
                 self._start_supply_check()
             self._publish()
 
@@ -305,6 +308,7 @@ class PeerSession(TunnelWatch):
                               writer: asyncio.StreamWriter, control: Any = None) -> None:
         """An admitted INIT (see daemon.admission). `control` counts a refusal here."""
         bind_peer(self.peer.id)
+        self._triggered_mono = time.monotonic()
         channel = Channel(reader, writer, self.ctx.max_frame_bytes)
         if not self.tunnel_started:
             self.log.warning("refused an INIT: the tunnel is not up yet")
@@ -352,7 +356,7 @@ class PeerSession(TunnelWatch):
                 if isinstance(action, SendMessage):
                     await channel.send(action.data)
                 elif isinstance(action, CommitEpoch):
-                    aborted = self._commit(machine, action)
+                    aborted = await self._commit(machine, action)
                     if aborted:
                         queue = aborted  # an abort clears what follows it (INIT, dec_keys)
                 elif isinstance(action, FetchQkdKeys):
@@ -393,9 +397,13 @@ class PeerSession(TunnelWatch):
             self._last_failure = None
             await self._check_liveness(in_handshake=True)
 
-    def _commit(self, machine: Any, action: CommitEpoch) -> list[Any]:
+    async def _commit(self, machine: Any, action: CommitEpoch) -> list[Any]:
         try:
-            self.ctx.journal.commit(action.peer_id, action.epoch, action.key_ids)
+            committer = getattr(self.ctx, "committer", None)  # the daemon's: batched
+            if committer is not None:
+                await committer.commit(action.peer_id, action.epoch, action.key_ids)
+            else:
+                self.ctx.journal.commit(action.peer_id, action.epoch, action.key_ids)
         except KeyReuseError as exc:
             self.log.error("QKD key reuse refused: %s", exc)
             return list(machine.abort(FailureReason.KEY_REUSE, time.time()))
@@ -462,9 +470,10 @@ class PeerSession(TunnelWatch):
                                       qkd_key_extensions={k: origins.get(k)
                                                           for k in st.qkd_key_ids})
         self._refresh_state()
-        self.log.info("epoch %d installed (sources %s%s)", action.epoch, "+".join(st.sources),
-                      ", degraded: no QKD" if degraded else "",
-                      extra={"epoch": action.epoch})
+        took_ms = (time.monotonic() - self._triggered_mono) * 1e3  # trigger to installed
+        self.log.info("epoch %d installed in %.1f ms (sources %s%s)", action.epoch, took_ms,
+                      "+".join(st.sources), ", degraded: no QKD" if degraded else "",
+                      extra={"epoch": action.epoch, "took_ms": round(took_ms, 2)})
         self._publish()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -487,14 +496,3 @@ class PeerSession(TunnelWatch):
         self.ctx.telemetry.peer_state(self.peer.id, epoch=st.epoch, key_age_s=age,
                                       sources=st.sources, policy_state=st.state,
                                       last_error=st.last_error)
-
-    async def describe(self) -> dict[str, Any]:
-        doc = self.status.as_dict(time.monotonic())
-        try:
-            health = await asyncio.wait_for(self.driver.health(), 2)
-            doc["tunnel"] = {"up": health.up, "detail": health.detail,
-                             "last_handshake_age_s": health.last_handshake_age_s}
-        except (TunnelError, TimeoutError) as exc:
-            doc["tunnel"] = {"up": False, "detail": str(exc), "last_handshake_age_s": None}
-        return doc
-

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.tunnels.base import TunnelError, TunnelHealth
 
@@ -23,8 +24,13 @@ if TYPE_CHECKING:
     from .liveness import Liveness
     from .peer_status import PeerStatus
 
-# How often the data plane is asked whether the tunnel carries traffic.
+# How often the data plane is asked whether the tunnel carries traffic; with many
+# peers, less often, so that the gateway samples at most LIVENESS_SAMPLES_PER_S
+# tunnels a second (10,000 peers: each every 10 s, against a 30 s bound).
 LIVENESS_POLL_S = 2.0
+LIVENESS_SAMPLES_PER_S = 1000.0
+# How long the expiry watch sleeps while there is no key to watch.
+EXPIRY_IDLE_S = 5.0
 
 
 class TunnelWatch:
@@ -45,9 +51,23 @@ class TunnelWatch:
 
     # ------------------------------------------------------------------ policy
 
+    def _expiry_delay(self) -> float:
+        """Seconds until the key's lifetime can next run out: the watch sleeps until
+        then instead of polling (thousands of peers, each waking twice a second, cost
+        a core). A newer key moves the deadline, seen when the watch wakes; the
+        down-for-the-lifetime deadline always falls after the key's own."""
+        st = self.status
+        if st.installed_mono is None or st.key_state in ("blocked", "stale"):
+            return EXPIRY_IDLE_S
+        due = st.installed_mono + self.peer.key_lifetime_s - time.monotonic()
+        if self.peer.qkd == "required" and st.state == "down":
+            due = min(due, self._liveness.down_since_mono + self.peer.key_lifetime_s
+                      - time.monotonic())
+        return min(EXPIRY_IDLE_S * 12, max(0.05, due))
+
     async def _expiry_loop(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(self._expiry_delay())
             st = self.status
             if st.installed_mono is None or st.key_state in ("blocked", "stale", "standby"):
                 continue
@@ -84,9 +104,14 @@ class TunnelWatch:
 
     # ------------------------------------------------------------------ liveness
 
+    def _liveness_poll_s(self) -> float:
+        return max(LIVENESS_POLL_S, self.ctx.peer_count / LIVENESS_SAMPLES_PER_S)
+
     async def _liveness_loop(self) -> None:
+        # A random phase: thousands of sessions started together sample spread out.
+        await asyncio.sleep(random.uniform(0.0, self._liveness_poll_s()))
         while not self._stopping:
-            await asyncio.sleep(LIVENESS_POLL_S)
+            await asyncio.sleep(self._liveness_poll_s())
             try:
                 await self._check_liveness()
             except asyncio.CancelledError:
@@ -147,6 +172,19 @@ class TunnelWatch:
             self.log.info("tunnel live again: %s", verdict.reason)
             self.ctx.telemetry.alarm("tunnel_down", self.peer.id, False, verdict.reason)
         self._refresh_state()
+
+    def tunnel_doc(self) -> dict[str, Any]:
+        """The tunnel's last data-plane sample, for the status document (no I/O: the
+        status of thousands of peers is answered from what liveness last saw)."""
+        last: tuple[TunnelHealth, float] | None = getattr(self, "_last_health", None)
+        if last is None:
+            return {"up": False, "detail": "no data-plane sample yet",
+                    "last_handshake_age_s": None}
+        health, at = last
+        age = health.last_handshake_age_s
+        return {"up": health.up, "detail": health.detail,
+                "last_handshake_age_s": None if age is None
+                else round(age + time.monotonic() - at, 1)}
 
     def _refresh_state(self) -> None:
         """The shown state: the key's state, held back to pending/down by liveness."""

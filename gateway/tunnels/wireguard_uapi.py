@@ -24,6 +24,7 @@ from typing import IO
 
 from gateway.tunnels import wireguard_common as wgc
 from gateway.tunnels.base import TunnelError, TunnelHealth
+from gateway.tunnels.uapi_view import UapiView, view_for
 from gateway.tunnels.wireguard_common import WireGuardSettings
 
 __all__ = ["UAPI_SOCKET_DIR", "UapiClient", "UapiDevice", "UapiPeer", "WireGuardUapiDriver"]
@@ -31,7 +32,14 @@ __all__ = ["UAPI_SOCKET_DIR", "UapiClient", "UapiDevice", "UapiPeer", "WireGuard
 log = logging.getLogger(__name__)
 
 UAPI_SOCKET_DIR = Path("/var/run/wireguard")
-_MAX_REPLY = 1 << 20
+# A `get=1` lists every peer: about 400 bytes each, so 10,000 peers make 4 MB.
+_MAX_REPLY = 64 << 20
+# How old a shared `get=1` snapshot may be for a health sample, and for the
+# "is the peer still there" check before a key install (uapi_view).
+HEALTH_MAX_AGE_S = 2.0
+INSTALL_MAX_AGE_S = 5.0
+# ... or this long per peer the interface holds, if longer (uapi_view).
+SNAPSHOT_AGE_PER_PEER_S = 1e-3
 
 
 @dataclass(slots=True)
@@ -55,9 +63,12 @@ class UapiDevice:
     listen_port: int = 0
     has_private_key: bool = False
     peers: list[UapiPeer] = field(default_factory=list)
+    _index: dict[bytes, UapiPeer] | None = None
 
     def peer(self, public_key: bytes) -> UapiPeer | None:
-        return next((p for p in self.peers if p.public_key == public_key), None)
+        if self._index is None or len(self._index) != len(self.peers):
+            self._index = {p.public_key: p for p in self.peers}  # by key: hubs list thousands
+        return self._index.get(public_key)
 
 
 class UapiClient:
@@ -74,7 +85,8 @@ class UapiClient:
         try:
             async with asyncio.timeout(self.timeout_s):
                 try:
-                    reader, writer = await asyncio.open_unix_connection(str(self.path))
+                    reader, writer = await asyncio.open_unix_connection(
+                        str(self.path), limit=_MAX_REPLY)
                 except (FileNotFoundError, ConnectionRefusedError) as exc:
                     raise TunnelError(
                         f"{self.ifname}: no UAPI socket at {self.path} "
@@ -165,6 +177,7 @@ class WireGuardUapiDriver:
         self.ifname = settings.interface
         self._peer_pk = wgc.decode_public_key(settings.peer_public_key)
         self._uapi = UapiClient(self.ifname, socket_dir, settings.timeout_s)
+        self._view: UapiView | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._proc_log: IO[bytes] | None = None
         self._epoch: int | None = None
@@ -178,7 +191,7 @@ class WireGuardUapiDriver:
     async def start(self) -> None:
         s = self.settings
         if s.manage == "psk-only":
-            dev = await self._uapi.get()
+            dev = await self.view().device(*self._max_age(INSTALL_MAX_AGE_S))
             if dev.peer(self._peer_pk) is None:
                 raise TunnelError(f"{self.ifname}: peer {s.peer_public_key} is not configured")
             return
@@ -213,7 +226,10 @@ class WireGuardUapiDriver:
 
     async def install_key(self, epoch: int, key: bytes) -> None:
         wgc.check_key(key, "epoch key", self.ifname)
-        if (await self._uapi.get()).peer(self._peer_pk) is None:
+        # From the shared snapshot: a peer removed by hand within its age is missed
+        # here (update_only then sets nothing) and reported by the next health sample.
+        if (await self.view().device(*self._max_age(INSTALL_MAX_AGE_S))).peer(self._peer_pk) \
+                is None:
             raise TunnelError(f"{self.ifname}: peer {self.settings.peer_public_key} is gone")
         # update_only: never create the peer as a side effect (psk-only mode
         # must touch nothing but the key of an existing peer).
@@ -223,7 +239,7 @@ class WireGuardUapiDriver:
             f"preshared_key={key.hex()}",
         ])
         self._epoch = epoch
-        log.info("wireguard %s: epoch %d key installed", self.ifname, epoch)
+        log.debug("wireguard %s: epoch %d key installed", self.ifname, epoch)  # the session logs it
 
     async def activate(self, epoch: int) -> None:
         # The next WireGuard handshake (within 2 minutes) picks up the new PSK.
@@ -251,7 +267,7 @@ class WireGuardUapiDriver:
         # up to 3 minutes (REJECT_AFTER_TIME); removing the peer drops them at
         # once, and re-adding it with a random PSK keeps endpoint and allowed
         # IPs for the day a fresh key is installed on both sides.
-        dev = await self._uapi.get()
+        dev = await self.view().device(*self._max_age(INSTALL_MAX_AGE_S))
         current = dev.peer(self._peer_pk)
         if current is None and self.settings.manage == "psk-only":
             log.warning("wireguard %s: block: peer absent, nothing can flow", self.ifname)
@@ -266,12 +282,26 @@ class WireGuardUapiDriver:
             )
         lines.append(f"preshared_key={secrets.token_hex(wgc.KEY_LEN)}")
         await self._uapi.set(lines)
+        if self.settings.manage != "psk-only":  # psk-only: the same peers, no fresh read
+            self.view().invalidate()
         self._epoch = None
         log.warning("wireguard %s blocked: peer session dropped, random PSK set", self.ifname)
 
+    def _max_age(self, shared_s: float) -> tuple[float, float]:
+        # Only an interface that peers share (psk-only: a hub's) is read from a
+        # snapshot; a full-mode interface has one peer, which reads it fresh.
+        if self.settings.manage == "psk-only":
+            return shared_s, SNAPSHOT_AGE_PER_PEER_S
+        return 0.0, 0.0
+
+    def view(self) -> UapiView:
+        if self._view is None:
+            self._view = view_for(self._uapi)
+        return self._view
+
     async def health(self) -> TunnelHealth:
         try:
-            dev = await self._uapi.get()
+            dev = await self.view().device(*self._max_age(HEALTH_MAX_AGE_S))
         except TunnelError as exc:
             return TunnelHealth(up=False, detail=str(exc))
         peer = dev.peer(self._peer_pk)

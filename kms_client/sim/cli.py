@@ -12,6 +12,14 @@ from kms_client.sim.faults import FaultError
 from kms_client.sim.pki import PkiError
 from kms_client.sim.topology import TopologyError
 
+# A topology of thousands of SAEs (a hub's branches) lists only this many of each here.
+LIST_MAX = 50
+
+
+def _some(items: list[str]) -> str:
+    shown = ", ".join(items[:LIST_MAX])
+    return shown if len(items) <= LIST_MAX else f"{shown}, ... ({len(items)} in all)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topology", required=True, type=Path, help="topology YAML file")
@@ -62,13 +70,17 @@ async def _serve(args: argparse.Namespace) -> int:
         ep = sim.endpoints
         print(f"topology {sim.topology.name}: {len(ep['kmes'])} KMEs", flush=False)
         for kme_id, info in ep["kmes"].items():
-            saes = ", ".join(s for s, v in ep["saes"].items() if v["kme"] == kme_id)
-            print(f"KME {kme_id} listens on {info['url']} (SAEs: {saes})")
+            saes = [s for s, v in ep["saes"].items() if v["kme"] == kme_id]
+            print(f"KME {kme_id} listens on {info['url']} (SAEs: {_some(saes)})")
         print(f"CA certificate: {sim.pki.ca_cert if sim.pki else '?'}")
-        for sae_id, info in ep["saes"].items():
+        for sae_id, info in list(ep["saes"].items())[:LIST_MAX]:
             print(f"SAE {sae_id} at {info['kme']}: cert {info['cert']} key {info['key']}")
-        for master, slave in ep["pairs"]:
+        for master, slave in ep["pairs"][:LIST_MAX]:
             print(f"pair master {master} -> slave {slave}")
+        for what in ("saes", "pairs"):
+            if len(ep[what]) > LIST_MAX:
+                print(f"... {len(ep[what]) - LIST_MAX} more {what[:-1].upper()}s listed in "
+                      "endpoints.json")
         print(f"admin (faults) at {sim.admin_url}")
         print(f"endpoints written to {sim.state_dir / 'endpoints.json'}", flush=True)
         await stop.wait()

@@ -19,6 +19,7 @@ import os
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,14 @@ from kms_client.sim.tls import server_ssl
 from kms_client.sim.topology import Topology, load_topology
 
 MSG_NOT_FOUND = "one or more keys specified are not found on KME"
+# Keys a master took that a slave never fetched are kept this long, and at most
+# this many in all (the oldest go first): a real KME's store is finite, and a
+# master that fetches and drops keys must not grow the simulator without bound.
+UNDELIVERED_TTL_S = 86400.0
+MAX_UNDELIVERED = 200_000
+# The key_IDs delivered per SAE that delivered_key_ids() remembers (tests' check
+# that no key is handed out twice).
+DELIVERED_MEMORY = 100_000
 
 
 @dataclass(slots=True)
@@ -46,6 +55,7 @@ class _KeyRecord:
     ready_at: dict[str, float]  # slave SAE -> when the key has reached its KME
     extension: dict[str, object]
     key_b64: str = field(repr=False)
+    made_at: float = 0.0
 
 
 def _url_host(host: str) -> str:
@@ -81,7 +91,9 @@ class Simulator:
         self.network = KeyNetwork(topology, clock)
         self._faults: dict[str, Fault] = {k.kme_id: Fault() for k in topology.kmes}
         self._keys: dict[str, _KeyRecord] = {}
-        self._delivered: dict[str, list[str]] = {s: [] for s in self._sae_kme}
+        self._delivered: dict[str, deque[str]] = {
+            s: deque(maxlen=DELIVERED_MEMORY) for s in self._sae_kme}
+        self.undelivered_dropped = 0  # keys dropped unfetched (age or the store's bound)
         self._runners: list[web.AppRunner] = []
         self._started_at = clock()
         self.pki: Pki | None = None
@@ -247,6 +259,7 @@ class Simulator:
         if not self.network.take([(r, bits) for r in slave_routes.values()]):
             return None
         now = self._clock()
+        self._drop_undelivered(now, number)
         ready = {s: now + self._faults[self._sae_kme[s]].key_delay_s for s in slaves}
         slave_set = frozenset(slaves)
         ext = route.extension
@@ -255,12 +268,23 @@ class Simulator:
         for _ in range(number):
             key_id = str(uuid.uuid4())
             key_b64 = base64.b64encode(os.urandom(size // 8)).decode()
-            self._keys[key_id] = _KeyRecord(master, slave_set, set(slaves), ready, ext, key_b64)
+            self._keys[key_id] = _KeyRecord(master, slave_set, set(slaves), ready, ext, key_b64,
+                                            now)
             if self.recorded_keys is not None:
                 self.recorded_keys[key_id] = key_b64
             ids.append(key_id)
             out.append({"key_ID": key_id, "key_ID_extension": ext, "key": key_b64})
         return out
+
+    def _drop_undelivered(self, now: float, room: int) -> None:
+        """Drop the oldest unfetched keys: past their age, or to make `room` in the store.
+        The store is in insertion order, so the oldest are first."""
+        while self._keys:
+            key_id, rec = next(iter(self._keys.items()))
+            if now - rec.made_at < UNDELIVERED_TTL_S and len(self._keys) + room <= MAX_UNDELIVERED:
+                return
+            del self._keys[key_id]
+            self.undelivered_dropped += 1
 
     def take_keys(self, master: str, caller: str, key_ids: list[str]) -> list[dict[str, Any]]:
         """Hand the named keys to a slave once, all or none."""
