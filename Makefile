@@ -24,7 +24,7 @@ export LIBOQS_TARBALL
 DEMO_SECONDS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv liboqs demo test test-slow lint bench clean
+.PHONY: setup deps venv liboqs demo test test-slow lint bench clean image image-deps
 
 # Ends with the doctor: it fails setup only for what setup installs (a kernel
 # module is reported, not fatal).
@@ -52,6 +52,18 @@ $(STAMPS)/venv: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,oqs]'
 	@touch $@
+
+# The appliance image (image/build.sh): mmdebstrap builds the Debian root into a
+# tar (no loop device, no mount), mksquashfs packs it; qemu boots it in the VM
+# tests; mke2fs makes their state disks and config drives. Cached by input hash.
+IMAGE_DEB_PACKAGES := mmdebstrap squashfs-tools qemu-system-x86 e2fsprogs
+IMAGE_DIR ?= build/image
+
+image-deps:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(IMAGE_DEB_PACKAGES)"
+
+image: setup image-deps
+	@image/build.sh $(IMAGE_DIR)
 
 # OQS_INSTALL_PATH points liboqs-python at our build, so it never fetches one.
 liboqs: $(STAMPS)/venv

@@ -23,7 +23,7 @@ LIBOQS=.venv/opt/liboqs
 base_hash=$( (sed -n '/^PACKAGES=/,/^PACKAGES_END/p' "$0"; cat image/initramfs-hook) \
   | sha256sum | cut -c1-16)
 inputs() {
-  git ls-files -z --cached --others --exclude-standard image gateway kms_client qsgw_lab pyproject.toml README.md \
+  git ls-files -z --cached --others --exclude-standard image gateway kms_client pyproject.toml README.md \
     | xargs -0 sha256sum
   sha256sum "$LIBOQS"/lib/liboqs.so.* "$LIBOQS/.qsgw-build" 2>/dev/null || true
   echo "$base_hash"
