@@ -29,14 +29,15 @@ def image() -> Path:
 
 
 @pytest.fixture
-def pair(image: Path, tmp_path: Path) -> Iterator[VmPair]:
-    work = Path(os.environ.get("QSGW_VM_KEEP", "")) if os.environ.get("QSGW_VM_KEEP") \
-        else tmp_path
+def pair(image: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[VmPair]:
+    # QSGW_VM_KEEP=DIR keeps each test's disks, consoles and reports in DIR/<test>.
+    keep = os.environ.get("QSGW_VM_KEEP")
+    work = Path(keep) / request.node.name if keep else tmp_path
     with PrefixLock(env_prefix()), NetnsLab(prefix=env_prefix()) as lab:
         vms = VmPair(lab, work)
         try:
             yield vms
         finally:
             vms.close()
-    if not os.environ.get("QSGW_VM_KEEP"):
+    if not keep:
         shutil.rmtree(tmp_path, ignore_errors=True)  # the disk images are large
