@@ -88,6 +88,13 @@ def _ipsec(t: IpsecTunnel, resolve: Resolver) -> tuple[list[str], list[str], lis
     # transforms it (never in clear when the SA is missing).
     inp += _match("saddr", remote, "meta ipsec exists accept")
     out += _match("daddr", remote, "rt ipsec exists accept")
+    if t.xfrm_interface is not None:  # route-based: what the XFRM interface carries
+        name = t.xfrm_interface.name
+        routed = [*remote, *t.xfrm_interface.routes]
+        inp += _match("saddr", routed, f'iifname "{name}" accept')
+        out += _match("daddr", routed, f'oifname "{name}" accept')
+        fwd += _match("saddr", routed, f'iifname "{name}" accept')
+        fwd += _match("daddr", routed, f'oifname "{name}" accept')
     fwd += _match("saddr", remote, "meta ipsec exists accept")
     fwd += _match("daddr", remote, "rt ipsec exists accept")
     return inp, out, fwd

@@ -181,3 +181,16 @@ def ipsec_esp(i: int, wg: dict[str, str]) -> tuple[dict[str, Any], Files]:
             {"ike.psk": (wg["ike_psk"].encode(), 0o600),
              "network/30-inner0.netdev": (netdev.encode(), 0o644),
              "network/30-inner0.network": (network.encode(), 0o644)})
+
+
+def ipsec_route_based(i: int, wg: dict[str, str]) -> tuple[dict[str, Any], Files]:
+    """Kernel ESP, route-based: qsgw creates the XFRM interface (pyroute2, if_id 17)
+    with the inner address and a route to the peer's; the CHILD_SA is bound to it."""
+    j = 1 - i
+    tunnel, files = ipsec_esp(i, wg)
+    tunnel["connection"] = "qsgw-vti"
+    tunnel["ppk_id"] = "qsgw-vti-ppk"
+    tunnel["xfrm_interface"] = {"name": "ipsec0", "if_id": 17,
+                                "addresses": [f"{INNER[i]}/32"],
+                                "routes": [f"{INNER[j]}/32"]}
+    return tunnel, {"ike.psk": files["ike.psk"]}

@@ -120,3 +120,12 @@ async def test_negative_epoch_is_refused(tmp_path: Path) -> None:
     driver = StrongSwanDriver(full(tmp_path))
     with pytest.raises(TunnelError, match="epoch"):
         await driver.install_key(-1, bytes(32))
+
+
+def test_route_based_binds_the_child_sa_to_the_xfrm_interface(tmp_path: Path) -> None:
+    from gateway.tunnels.strongswan_settings import conn_message
+
+    msg = conn_message(full(tmp_path, if_id=17, xfrm_name="ipsec0"))
+    child = msg["site-b"]["children"]["site-b"]
+    assert child["if_id_in"] == child["if_id_out"] == "17"
+    assert "if_id_in" not in conn_message(full(tmp_path))["site-b"]["children"]["site-b"]

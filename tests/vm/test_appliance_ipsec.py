@@ -9,13 +9,14 @@ reauthenticates the IKE SA (a new one per epoch) while a ping keeps going.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
 from qsgw_lab.vm import Report
-from qsgw_lab.vmsites import INNER, VmPair, ipsec_esp, peer_of
+from qsgw_lab.vmsites import INNER, VmPair, ipsec_esp, ipsec_route_based, peer_of
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.vm]
 
 BOOT_S = 300.0
 ROTATIONS = 3
@@ -33,9 +34,11 @@ def _ike_sas(rep: Report) -> set[str]:
                           rep.get("sas_raw", "")))
 
 
-def test_kernel_esp_with_ppk_rotations(pair: VmPair) -> None:
+@pytest.mark.parametrize("tunnel", [ipsec_esp, ipsec_route_based],
+                         ids=["policy-based", "route-based"])
+def test_kernel_esp_with_ppk_rotations(pair: VmPair, tunnel: Any) -> None:
     pair.start_simulator()
-    pair.provision(ipsec_esp, rekey_interval_s=10.0, key_lifetime_s=60.0, report=(
+    pair.provision(tunnel, rekey_interval_s=10.0, key_lifetime_s=60.0, report=(
         {"ping": [INNER[1]], "ping_source": INNER[0], "ping_interval_s": 0.5}, {}))
     pair.start()
     a = pair.vms[0]
@@ -59,6 +62,9 @@ def test_kernel_esp_with_ppk_rotations(pair: VmPair) -> None:
     assert rep is not None
     count = re.search(r"(\d+)", rep["xfrm_states"])
     assert count is not None and int(count.group(1)) >= 2, rep["xfrm_states"]  # in and out
+    if tunnel is ipsec_route_based:  # what crosses, crosses the XFRM interface
+        counters = rep["xfrm_links"].get("ipsec0")
+        assert counters and counters["rx"] > 20 and counters["tx"] > 20, rep["xfrm_links"]
     ping = rep["ping"][INNER[1]]
     assert ping["received"] > 20, ping
     assert ping["lost_after_first_reply"] <= 2, ping

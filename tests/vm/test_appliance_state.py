@@ -8,7 +8,7 @@ import pytest
 from qsgw_lab.vm import ApplianceVM, Report
 from qsgw_lab.vmsites import VmPair, peer_of, wireguard_full
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.vm]
 
 BOOT_S = 300.0
 

@@ -26,7 +26,7 @@ from qsgw_lab.vmsites import (
     wireguard_psk_only,
 )
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.vm]
 
 BOOT_S = 240.0  # TCG on two shared cores: power-on to READY takes a minute or more
 ROTATIONS = 3
