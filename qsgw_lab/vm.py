@@ -11,6 +11,7 @@ ended (and its tap removed) by stop() and by the lab's close.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -62,6 +63,7 @@ class ApplianceVM:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.index = index
         self.mac = f"52:54:00:17:00:{index:02x}"
+        self.machine_id = hashlib.sha256(f"qsgw-vm {name}".encode()).hexdigest()[:32]
         self.tap = lab.unique(f"tap{index}")
         self.memory_mb = memory_mb
         self.state_disk = self.dir / "state.img"
@@ -110,7 +112,10 @@ class ApplianceVM:
                 "-m", str(self.memory_mb), "-smp", "1", "-display", "none", "-monitor", "none",
                 "-no-reboot", "-kernel", str(image / "vmlinuz"),
                 "-initrd", str(image / "initrd.img"),
-                "-append", f"{manifest['cmdline']} panic=-1 systemd.hostname={self.name}",
+                # A stable machine ID, as an appliance's boot loader passes it: the
+                # journal on the state disk is then one machine's across boots.
+                "-append", f"{manifest['cmdline']} panic=-1 systemd.hostname={self.name} "
+                f"systemd.machine_id={self.machine_id}",
                 "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
                 "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}",
                 "-chardev", f"file,id=rep,path={self.report_file}",
