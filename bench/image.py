@@ -51,7 +51,7 @@ def _ready(rep: Report) -> bool:
 
 
 def _run(workdir: Path, rekey_s: float, lifetime_s: float, seconds: float,
-         esp: bool = False) -> dict[str, Any]:
+         esp: bool = False, iperf_after_epoch: int = 1) -> dict[str, Any]:
     with PrefixLock(env_prefix()), NetnsLab(prefix=env_prefix()) as lab:
         pair = VmPair(lab, workdir)
         try:
@@ -60,7 +60,8 @@ def _run(workdir: Path, rekey_s: float, lifetime_s: float, seconds: float,
             if esp:
                 report_a["ping_source"] = INNER[0]
             else:
-                report_a["iperf3"] = {"target": INNER[1], "seconds": IPERF_S, "after_epoch": 2}
+                report_a["iperf3"] = {"target": INNER[1], "seconds": IPERF_S,
+                                     "after_epoch": iperf_after_epoch}
             pair.provision(ipsec_esp if esp else wireguard_full, rekey_interval_s=rekey_s,
                            key_lifetime_s=lifetime_s,
                            report=(report_a, {} if esp else {"iperf3_server": True}))
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="qsgw-bench-image-") as tmp:
         quiet = _run(Path(tmp) / "quiet", 3600.0, 7200.0, IPERF_S + 25)
-        rotating = _run(Path(tmp) / "rotating", 2.0, 10.0, IPERF_S + 25)
+        rotating = _run(Path(tmp) / "rotating", 2.0, 10.0, IPERF_S + 25, iperf_after_epoch=2)
         esp = _run(Path(tmp) / "esp", 10.0, 60.0, 60, esp=True) if args.esp else None
     q = (quiet["iperf3"] or {}).get("mbps")
     r = (rotating["iperf3"] or {}).get("mbps")

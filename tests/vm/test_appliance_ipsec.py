@@ -67,4 +67,6 @@ def test_kernel_esp_with_ppk_rotations(pair: VmPair, tunnel: Any) -> None:
         assert counters and counters["rx"] > 20 and counters["tx"] > 20, rep["xfrm_links"]
     ping = rep["ping"][INNER[1]]
     assert ping["received"] > 20, ping
-    assert ping["lost_after_first_reply"] <= 2, ping
+    # Make-before-break: at most the one ping in flight while the CHILD_SAs are
+    # swapped is lost per rotation (WireGuard loses none; docs/appliance.md).
+    assert ping["lost_after_first_reply"] <= len(epochs) - 1, (ping, sorted(epochs))
