@@ -20,7 +20,7 @@ LIBOQS=.venv/opt/liboqs
 
 # Two layers, each cached by the hash of its inputs: the Debian root (the
 # package list, this script, the initramfs hook), then qsgw on top of it.
-base_hash=$( (sed -n '/^PACKAGES=/,/^PACKAGES_END/p' "$0"; cat image/initramfs-hook) \
+base_hash=$( (sed -n '/^PACKAGES=/,/^# PACKAGES_END/p' image/build.sh; cat image/initramfs-hook) \
   | sha256sum | cut -c1-16)
 inputs() {
   git ls-files -z --cached --others --exclude-standard image gateway kms_client pyproject.toml README.md \
