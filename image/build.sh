@@ -18,8 +18,8 @@ cd "$top"
 LIBOQS=.venv/opt/liboqs
 [ -e "$LIBOQS/lib/liboqs.so" ] || { echo "image: $LIBOQS missing (make setup builds it)" >&2; exit 2; }
 
-# Two layers, each cached by the hash of its inputs: the Debian root (the
-# package list, this script, the initramfs hook), then qsgw on top of it.
+# Two layers, each cached by the hash of its inputs: the Debian root (its
+# package list and the initramfs hook), then qsgw on top of it.
 base_hash=$( (sed -n '/^PACKAGES=/,/^# PACKAGES_END/p' image/build.sh; cat image/initramfs-hook) \
   | sha256sum | cut -c1-16)
 inputs() {
