@@ -32,7 +32,7 @@ export STRONGSWAN_TARBALL
 DEMO_SECONDS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv liboqs libipsec demo test test-slow lint bench clean
+.PHONY: setup deps venv liboqs libipsec demo test test-vm test-slow lint bench clean image image-deps
 
 # Ends with the doctor: it fails setup only for what setup installs (a kernel
 # module is reported, not fatal).
@@ -61,6 +61,18 @@ $(STAMPS)/venv: pyproject.toml
 	$(PIP) install -q -e '.[test,oqs]'
 	@touch $@
 
+# The appliance image (image/build.sh): mmdebstrap builds the Debian root into a
+# tar (no loop device, no mount), mksquashfs packs it; qemu boots it in the VM
+# tests; mke2fs makes their state disks and config drives. Cached by input hash.
+IMAGE_DEB_PACKAGES := mmdebstrap squashfs-tools qemu-system-x86 e2fsprogs
+IMAGE_DIR ?= build/image
+
+image-deps:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(IMAGE_DEB_PACKAGES)"
+
+image: setup image-deps
+	@image/build.sh $(IMAGE_DIR)
+
 # OQS_INSTALL_PATH points liboqs-python at our build, so it never fetches one.
 liboqs: $(STAMPS)/venv
 	@scripts/build-liboqs.sh $(CURDIR)/$(LIBOQS_PREFIX)
@@ -81,8 +93,13 @@ else
 	DEMO_SECONDS=$(DEMO_SECONDS) $(PY) -m qsgw_lab.scenarios $(SCENARIO)
 endif
 
+# The appliance VM tests (tests/vm, ~25 min under TCG) run in `make test-vm`: not yet
+# in `make test` until they have passed on a fresh machine (issue 17 is open).
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not vm" $(PYTEST_ARGS)
+
+test-vm: image
+	$(PY) -m pytest -m vm tests/vm $(PYTEST_ARGS)
 
 # The slow mode: hypothesis with its long profile (>= 100,000 fuzz examples).
 test-slow: setup

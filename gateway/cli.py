@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("gateway.daemon.status_cli", "show the running daemon's peers"),
     "audit": ("gateway.telemetry.audit_cli", "verify or show the audit trail"),
     "doctor": ("gateway.doctor_cli", "what this machine lacks for a config (or every feature)"),
+    "firewall": ("gateway.firewall_cli", "print the default-deny nftables ruleset for a config"),
     "journal": ("gateway.journal_cli", "show the journal; raise an epoch after a restore"),
 }
 

@@ -19,10 +19,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
+from gateway.doctor_finding import Finding, _ok
 from gateway.tunnels.charon_process import (
     CHARON_BINARY,
     DEFAULT_PLUGINS,
@@ -32,8 +32,6 @@ from gateway.tunnels.charon_process import (
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
-
-Status = Literal["ok", "warn", "missing"]
 
 #: Binaries the gateway, its demo or its tests run: (package, by_setup).
 BINARIES: dict[str, tuple[str, bool]] = {
@@ -60,34 +58,6 @@ LIBOQS_FIX = "make setup builds liboqs"
 #: Remove "liboqs" once `make setup` builds liboqs.
 PENDING_SETUP: frozenset[str] = frozenset()
 KERNEL_NOTE = "a kernel module: no setup installs it"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One check's result. `component` is the name tests ask for (tests/_requires.py)."""
-
-    component: str
-    check: str
-    status: Status
-    detail: str
-    fix: str = ""
-    by_setup: bool = False  # `make setup` installs it: missing means setup is incomplete
-    feature: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        fix = f"; fix: {self.fix}" if self.fix and not self.ok else ""
-        return f"{self.check}: {self.status} ({self.detail}){fix}"
-
-
-def _ok(component: str, check: str, detail: str, feature: str, by_setup: bool = True) -> Finding:
-    return Finding(component, check, "ok", detail, "", by_setup, feature)
 
 
 # ------------------------------------------------------------------ binaries

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import doctor
-from gateway.doctor import Finding
+from gateway.doctor_finding import Finding
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

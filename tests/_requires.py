@@ -15,7 +15,7 @@ import os
 import pytest
 
 from gateway import doctor
-from gateway.doctor import Finding
+from gateway.doctor_finding import Finding
 
 _cache: dict[str, list[Finding]] = {}
 

@@ -109,6 +109,16 @@ IkeAuth = Annotated[
 ]
 
 
+class XfrmInterfaceSettings(_Model):
+    """Route-based IPsec: an XFRM interface qsgw creates (pyroute2) and binds the
+    CHILD_SA to (strongSwan's if_id_in/if_id_out), with its addresses and routes."""
+
+    name: IfName
+    if_id: int = Field(ge=1, le=0xFFFFFFFE)
+    addresses: tuple[InterfaceField, ...] = ()
+    routes: tuple[NetworkField, ...] = ()
+
+
 class IpsecTunnel(_Model):
     type: Literal["ipsec"]
     vici_socket: Annotated[str, BeforeValidator(_vici_uri)] = "unix:///var/run/charon.vici"
@@ -126,9 +136,20 @@ class IpsecTunnel(_Model):
     )
     esp_proposals: tuple[Proposal, ...] = Field(default=("aes256gcm16",), min_length=1)
     auth: IkeAuth | None = Field(default=None, validate_default=True)
+    # Route-based (VTI-style) instead of policy-based: manage: full only.
+    xfrm_interface: XfrmInterfaceSettings | None = None
     # Keyed but with no IKE SA (PPK) and CHILD_SA, or none with the current PPK,
     # for this long: the peer is `down`.
     liveness_s: float = Field(default=30.0, ge=2.0, le=3600.0)
+
+    @field_validator("xfrm_interface")
+    @classmethod
+    def _xfrm(cls, value: XfrmInterfaceSettings | None,
+              info: ValidationInfo) -> XfrmInterfaceSettings | None:
+        if value is not None and info.data.get("manage") != "full":
+            raise ValueError("only with manage: full (qsgw creates the interface); with "
+                             "ppk-only set if_id_in/if_id_out in swanctl.conf")
+        return value
 
     @field_validator("remote_addrs")
     @classmethod

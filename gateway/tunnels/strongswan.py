@@ -31,6 +31,7 @@ from typing import Any
 import vici
 from vici.exception import CommandException
 
+from gateway.tunnels import xfrm_interface
 from gateway.tunnels.base import TunnelError, TunnelHealth
 
 from .strongswan_events import ViciEvents
@@ -98,6 +99,13 @@ class StrongSwanDriver(ViciEvents):
         epoch = self._secret.epoch if self._secret else None
         return f"StrongSwanDriver(connection={self.settings.connection!r}, epoch={epoch})"
 
+    def _xfrm(self) -> xfrm_interface.XfrmInterface | None:
+        s = self.settings
+        if s.if_id is None or s.xfrm_name is None or s.manage != "full":
+            return None
+        return xfrm_interface.XfrmInterface(s.xfrm_name, s.if_id, s.xfrm_addresses,
+                                            s.xfrm_routes)
+
     # ------------------------------------------------------------------ TunnelDriver
 
     async def start(self) -> None:
@@ -121,6 +129,9 @@ class StrongSwanDriver(ViciEvents):
             if self._secret is None:
                 self._load_random_ppk(session)
 
+        xfrm = self._xfrm()
+        if xfrm is not None:
+            await asyncio.to_thread(xfrm_interface.create, xfrm)
         await self._call(setup)
         self._started = True
         self._stopping.clear()
@@ -366,6 +377,10 @@ class StrongSwanDriver(ViciEvents):
 
             with contextlib.suppress(TunnelError):
                 await self._call(teardown)
+            xfrm = self._xfrm()
+            if xfrm is not None:
+                with contextlib.suppress(TunnelError):
+                    await asyncio.to_thread(xfrm_interface.delete, xfrm)
         if self._secret is not None:
             self._secret.wipe()
             self._secret = None

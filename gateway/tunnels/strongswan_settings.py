@@ -59,6 +59,11 @@ class IpsecSettings:
     ppk_required: bool = True
     initiator: bool = True
     start_action: StartAction = "none"
+    #: Route-based: the XFRM interface's if_id, name, addresses and routes.
+    if_id: int | None = None
+    xfrm_name: str | None = None
+    xfrm_addresses: tuple[str, ...] = ()
+    xfrm_routes: tuple[str, ...] = ()
     #: Bound on one VICI operation that waits for the peer (initiate, reauth).
     timeout_s: float = 10.0
 
@@ -152,7 +157,12 @@ class IpsecSettings:
             value = auth_get(name)
             return Path(value) if value is not None else None
 
+        xfrm = get("xfrm_interface")
         return cls(
+            if_id=None if xfrm is None else int(xfrm.if_id),
+            xfrm_name=None if xfrm is None else str(xfrm.name),
+            xfrm_addresses=() if xfrm is None else tuple(str(a) for a in xfrm.addresses),
+            xfrm_routes=() if xfrm is None else tuple(str(r) for r in xfrm.routes),
             vici_socket=str(get("vici_socket", "unix:///var/run/charon.vici")),
             connection=str(get("connection")),
             ppk_id=str(get("ppk_id")),
@@ -280,6 +290,8 @@ def conn_message(s: IpsecSettings, name: str | None = None) -> dict[str, Any]:
         "close_action": "none",
         "dpd_action": "clear",
     }
+    if s.if_id is not None:  # route-based: policies and SAs bound to the XFRM interface
+        child["if_id_in"] = child["if_id_out"] = str(s.if_id)
     twin = name != s.connection
     return {
         name: {

@@ -140,3 +140,12 @@ def test_full_management_loads_a_make_before_break_twin(tmp_path: Path) -> None:
     # ppk-only: one swanctl connection, no twin.
     only = IpsecSettings(tmp_path / "x", "conn", "ppk", manage="ppk-only")
     assert only.conn_names == ("conn",) and only.twin_of("conn") == "conn"
+
+
+def test_route_based_binds_the_child_sa_to_the_xfrm_interface(tmp_path: Path) -> None:
+    from gateway.tunnels.strongswan_settings import conn_message
+
+    msg = conn_message(full(tmp_path, if_id=17, xfrm_name="ipsec0"))
+    child = msg["site-b"]["children"]["site-b"]
+    assert child["if_id_in"] == child["if_id_out"] == "17"
+    assert "if_id_in" not in conn_message(full(tmp_path))["site-b"]["children"]["site-b"]
