@@ -77,7 +77,7 @@ def test_benelux_mdi_mesh_through_untrusted_hub_and_a_node_joins_live(
         for name in FIRST:
             site = run.sites[name]
             log = site.log_path.read_text(errors="replace")
-            assert "reloaded: 1 added, 0 removed, 0 changed" in log, name
+            assert ": 1 added, 0 removed, 0 changed" in log, name  # "reloaded in X s: …"
             doc = run.sitelab.status(site)
             assert doc is not None
             assert len(doc["peers"]) == 3 and "gw-bissen" in {p["peer"] for p in doc["peers"]}
