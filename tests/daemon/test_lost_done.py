@@ -78,13 +78,9 @@ def test_lost_done_is_seen_and_healed(donelab: SiteLab, kind: str) -> None:
         require("charon", "unshare")
     sites = donelab
     a, b, t, marker = _through_proxy(sites, kind, drop_done=2)
-    # Epoch 1 goes through; the second epoch's DONE is lost.
-    assert sites.wait_for(lambda: _peer(sites, a, b).get("state") == "ok", 40), \
-        (_peer(sites, a, b), _peer(sites, b, a))
-    assert sites.wait_for(marker.exists, REKEY_S + 20), "the proxy never dropped a DONE"
-
-    # Seen: the responder is ahead on a key the initiator never installed, and
-    # says so; the initiator names the lost DONE.
+    # Epoch 1 goes through; the second epoch's DONE is lost. The first rekey after a
+    # start falls anywhere in 0.1-1 interval (spread), so the split is looked for
+    # from the start, not after epoch 1 has been seen ok: it may come before that.
     split: dict[str, Any] = {}
 
     def seen() -> bool:
@@ -94,8 +90,10 @@ def test_lost_done_is_seen_and_healed(donelab: SiteLab, kind: str) -> None:
             return True
         return False
 
-    assert sites.wait_for(seen, RETRY_INITIAL_S, interval_s=0.1), \
-        (marker.read_text(), _peer(sites, a, b), _peer(sites, b, a))
+    assert sites.wait_for(seen, 40 + REKEY_S, interval_s=0.1), \
+        (marker.read_text() if marker.exists() else "the proxy never dropped a DONE",
+         _peer(sites, a, b), _peer(sites, b, a))
+    assert marker.read_text().count("dropped") == 1
     pa, pb = split["a"], split["b"]
     assert "no DONE from the peer" in pa["last_error"], pa["last_error"]
     assert "new epoch" in pa["last_error"], pa["last_error"]

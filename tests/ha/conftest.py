@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -11,10 +11,17 @@ from _requires import require
 from qsgw_lab.pgserver import PgServer
 
 
+def free_port() -> int:
+    """A loopback TCP port that no socket holds now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PgServer]:
     require("postgresql")
-    # Its own port per worktree run: a Debian cluster may hold 5432.
-    with PgServer(port=55000 + os.getpid() % 4000) as server:
+    # A port free now (a Debian cluster may hold 5432; a fixed one may be a client's).
+    with PgServer(port=free_port()) as server:
         server.start()
         yield server

@@ -4,7 +4,6 @@ replica gone, a commit is not confirmed and the epoch is refused (fail closed)."
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -14,14 +13,15 @@ from gateway.journal import JournalUnavailableError, KeyReuseError, StaleEpochEr
 from gateway.journal_pg import PgJournal
 from qsgw_lab.pgserver import PgServer
 
+from .conftest import free_port
+
 
 @pytest.fixture
 def replicated() -> Iterator[tuple[PgServer, PgServer]]:
     require("postgresql")
-    port = 51000 + os.getpid() % 4000
-    with PgServer(port=port, settings={"wal_level": "replica"}) as primary:
+    with PgServer(port=free_port(), settings={"wal_level": "replica"}) as primary:
         primary.start()
-        with PgServer(port=port + 1, replica_of=primary, name="pg_b") as replica:
+        with PgServer(port=free_port(), replica_of=primary, name="pg_b") as replica:
             replica.start()
             # From now on a commit returns once pg_b has it on disk (docs/operations.md).
             primary.configure("synchronous_standby_names", "FIRST 1 (pg_b)")
