@@ -45,6 +45,7 @@ class TunnelWatch:
     _lock: asyncio.Lock
     _stopping: bool
     _last_failure: str | None
+    _tunnel_cause: str | None = None
 
     def _publish(self) -> None:
         raise NotImplementedError
@@ -98,7 +99,9 @@ class TunnelWatch:
         self.status.key_state = "blocked"
         self._liveness.reset()
         self.status.sources = []  # no key in use: nothing to show as its sources
-        self.status.last_error = f"blocked: {why}"
+        # The latest attempt's failure is the likeliest reason no fresh epoch came.
+        cause = self._last_failure
+        self.status.last_error = f"blocked: {why}" + (f"; last attempt: {cause}" if cause else "")
         self.status.last_error_at = time.time()
         self.log.error("tunnel blocked (policy required): %s", why)
 
@@ -154,8 +157,14 @@ class TunnelWatch:
         st.last_handshake_age_s = health.last_handshake_age_s
         self.ctx.telemetry.tunnel_health(self.peer.id, verdict.state == "live",
                                          health.rx_bytes, health.tx_bytes)
-        cause = self._last_failure
-        if verdict.state == DOWN and cause is not None and cause.startswith("tunnel:"):
+        # The latest tunnel failure since the tunnel was last live: a KME outage in a
+        # later attempt is its own alarm, and does not hide why the tunnel is down.
+        if self._last_failure is not None and self._last_failure.startswith("tunnel:"):
+            self._tunnel_cause = self._last_failure
+        if verdict.state == "live":
+            self._tunnel_cause = None
+        cause = self._tunnel_cause
+        if verdict.state == DOWN and cause is not None:
             # What the latest attempt's tunnel ran into is the likeliest cause: say it
             # (a KME outage meanwhile is its own alarm, not why the tunnel is down).
             verdict.reason = f"{verdict.reason}; last attempt: {cause}"
