@@ -117,8 +117,11 @@ def test_a_killed_active_member_is_replaced_and_the_tunnel_carries_traffic_again
     ha = pair
     assert ha.b is not None
     assert (ha.role("a1"), ha.role("a2")) == ("active", "standby")
-    standby = ha.sites.peer_status(ha.members["a2"].site, "gw-sgsics") or {}
-    assert standby.get("state") == "standby"  # configured, blocked on purpose, not "ok"
+    # Configured, blocked on purpose, not "ok" (its session may still be starting).
+    def standby_state() -> str | None:
+        return (ha.sites.peer_status(ha.members["a2"].site, "gw-sgsics") or {}).get("state")
+
+    assert ha.sites.wait_for(lambda: standby_state() == "standby", 15), standby_state()
     ha.start_pinger()
     time.sleep(1.0)
     figures = []
