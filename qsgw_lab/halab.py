@@ -147,6 +147,10 @@ class HaLab:
             "global_defs {\n"
             f"  router_id qsgw_{m.name}\n  vrrp_version 3\n"
             "  vrrp_garp_master_delay 0\n  vrrp_garp_master_repeat 2\n"
+            # After a split brain the peer's ARP entry may point at the member that
+            # steps down: it tells the winner so (an advert), the winner re-sends its
+            # GARPs, and a GARP every 2 s mends what both miss.
+            "  vrrp_higher_prio_send_advert\n  vrrp_garp_master_refresh 2\n"
             # Realtime scheduling: a busy box (here: two cores, many daemons) must not
             # starve the adverts for 3 intervals, or the backup takes over too.
             "  vrrp_rt_priority 50\n"
