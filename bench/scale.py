@@ -302,6 +302,9 @@ def main() -> int:
     if reason:
         print(json.dumps({"error": f"needs network namespaces: {reason}"}))
         return 2
+    # A run stopped with SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: the lab's
+    # exits remove its namespaces, wireguard-go and helper processes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="qsgw-scale-") as tmp, \
             NetnsLab(prefix=args.prefix) as lab:
         try:

@@ -34,7 +34,7 @@ from gateway.telemetry.setup import build_telemetry
 from kms_client import KmeClient, KmeEndpoint, SaeCredentials
 
 from .admission import InitAdmission
-from .commits import GroupCommitter
+from .commits import GroupCommitter, ThreadCommitter
 from .context import DaemonContext
 from .control import ControlServer, resolve_host
 from .drivers import make_driver
@@ -127,9 +127,10 @@ class GatewayDaemon:
                          cfg.kme.endpoints[0].kme_id, cfg.kme.dec_keys_deadline_s)
         self._ctx = DaemonContext(cfg, identity, self._journal, keys, self._telemetry,
                                   control_source=cfg.ha.virtual_address if cfg.ha else None,
-                                  # SQLite's group commit; PostgreSQL commits each (one round trip)
+                                  # SQLite's group commit; PostgreSQL's in a thread
                                   committer=GroupCommitter(self._journal)
-                                  if isinstance(self._journal, GuardedJournal) else None)
+                                  if isinstance(self._journal, GuardedJournal)
+                                  else ThreadCommitter(self._journal))
         if cfg.ha is not None:
             self.role = HaRole(cfg.ha.virtual_address, cfg.ha.member, cfg.ha.check_interval_s)
             self.role.listen(self._role_changed)

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Sequence
 
 from gateway.journal import Journal, JournalError
+from gateway.journal_api import JournalStore
 
 _Item = tuple[str, int | None, Sequence[str]]
 
@@ -35,6 +36,9 @@ class GroupCommitter:
         # Shielded: a handshake cancelled meanwhile leaves its commit to complete
         # (a key journalled and then not used is wasted, never reused).
         await asyncio.shield(future)
+
+    async def last_epoch(self, peer_id: str) -> int:
+        return self._journal.last_epoch(peer_id)  # a local file: answered at once
 
     async def _drain(self) -> None:
         while self._pending:
@@ -59,3 +63,28 @@ class GroupCommitter:
                     future.set_result(None)
                 else:
                     future.set_exception(result)
+
+
+class ThreadCommitter:
+    """A networked journal's (PostgreSQL's) commits and epoch reads, each in a worker
+    thread: a slow or cut-off database holds the session that waits on it, never the
+    event loop, so the other sessions, the control port and the HA role check go on
+    (the journal's lock serialises the calls). The HA pair's journal has async forms
+    of both, which raise its split_brain alarm back in the loop."""
+
+    def __init__(self, journal: JournalStore) -> None:
+        self._journal = journal
+
+    async def commit(self, peer_id: str, epoch: int | None, key_ids: Sequence[str]) -> None:
+        """Durable when it returns; raises what the journal's commit raises."""
+        run = getattr(self._journal, "commit_async", None)
+        job = (run(peer_id, epoch, list(key_ids)) if run is not None else
+               asyncio.to_thread(self._journal.commit, peer_id, epoch, list(key_ids)))
+        # Shielded, as above: a cancelled handshake's commit still completes.
+        await asyncio.shield(asyncio.ensure_future(job))
+
+    async def last_epoch(self, peer_id: str) -> int:
+        ask = getattr(self._journal, "last_epoch_async", None)
+        if ask is not None:
+            return int(await ask(peer_id))
+        return await asyncio.to_thread(self._journal.last_epoch, peer_id)

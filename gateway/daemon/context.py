@@ -15,7 +15,7 @@ from gateway.identity import LocalIdentity, PublicIdentity
 from gateway.journal_api import JournalStore
 from gateway.telemetry import Telemetry
 
-from .commits import GroupCommitter
+from .commits import GroupCommitter, ThreadCommitter
 from .keysupply import KeySupply
 
 MAX_CONCURRENT_INITIATIONS = 32
@@ -29,8 +29,9 @@ class DaemonContext:
     keys: KeySupply
     telemetry: Telemetry
     control_source: str | None = None  # connect to peers from here (an HA pair's VIP)
-    # The journal's group commit (the daemon's); None: sessions commit directly.
-    committer: GroupCommitter | None = None
+    # The journal's commits, batched (SQLite) or in a thread (PostgreSQL); None:
+    # sessions commit directly (tests).
+    committer: GroupCommitter | ThreadCommitter | None = None
     # How many sessions the daemon runs (liveness samples less often with thousands).
     peer_count: int = 0
     # Outgoing handshakes at once: a hub that starts thousands of sessions keys them
@@ -39,6 +40,12 @@ class DaemonContext:
         default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_INITIATIONS), repr=False)
     # Static McEliece keys (0.5-1 MB) read once, not per session: by file and pin.
     _static_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
+
+    async def last_epoch(self, peer_id: str) -> int:
+        """The journal's last epoch for the peer, asked as the committer asks it."""
+        if self.committer is not None:
+            return await self.committer.last_epoch(peer_id)
+        return self.journal.last_epoch(peer_id)
 
     @property
     def gateway_id(self) -> str:

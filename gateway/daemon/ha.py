@@ -137,10 +137,25 @@ class SharedJournal:
         try:
             self.inner.commit(peer_id, epoch, key_ids)
         except (KeyReuseError, StaleEpochError) as exc:
-            if exc.member is not None and exc.member != self.member:
-                self._conflict(f"member {exc.member} committed first, this commit is "
-                               f"refused: {exc}")
+            self._refused(exc)
             raise
+        self._committed(peer_id, epoch)
+
+    async def commit_async(self, peer_id: str, epoch: int | None, key_ids: list[str]) -> None:
+        """commit, with the database's round trip in a thread and the alarm in the loop."""
+        try:
+            await asyncio.to_thread(self.inner.commit, peer_id, epoch, key_ids)
+        except (KeyReuseError, StaleEpochError) as exc:
+            self._refused(exc)
+            raise
+        self._committed(peer_id, epoch)
+
+    def _refused(self, exc: KeyReuseError | StaleEpochError) -> None:
+        if exc.member is not None and exc.member != self.member:
+            self._conflict(f"member {exc.member} committed first, this commit is "
+                           f"refused: {exc}")
+
+    def _committed(self, peer_id: str, epoch: int | None) -> None:
         if epoch is not None:
             self._mine[peer_id] = epoch
 
@@ -175,7 +190,16 @@ class SharedJournal:
         by = getattr(self.inner, "last_epoch_by", None)
         if by is None:
             return self.inner.last_epoch(peer_id)
-        epoch, member = by(peer_id)
+        return self._seen(peer_id, *by(peer_id))
+
+    async def last_epoch_async(self, peer_id: str) -> int:
+        """last_epoch, with the database's round trip in a thread and the alarm in the loop."""
+        by = getattr(self.inner, "last_epoch_by", None)
+        if by is None:
+            return await asyncio.to_thread(self.inner.last_epoch, peer_id)
+        return self._seen(peer_id, *await asyncio.to_thread(by, peer_id))
+
+    def _seen(self, peer_id: str, epoch: int, member: str | None) -> int:
         mine = self._mine.get(peer_id)
         if mine is not None and member not in (None, self.member) and epoch > mine:
             # Since our own last epoch, while we hold the role, the other member made one.

@@ -289,7 +289,7 @@ class PeerSession(TunnelWatch):
     async def _initiate_once(self) -> None:
         # The machine's CommitEpoch makes this epoch durable before INIT leaves,
         # so after a crash the next attempt is always above it.
-        epoch = self.ctx.journal.last_epoch(self.peer.id) + 1
+        epoch = await self.ctx.last_epoch(self.peer.id) + 1
         machine = InitiatorHandshake(self._params, epoch, time.time())
         channel = self._outgoing()
         try:
@@ -328,7 +328,7 @@ class PeerSession(TunnelWatch):
         try:
             try:
                 machine = ResponderHandshake(self._params,
-                                             self.ctx.journal.last_epoch(self.peer.id), time.time())
+                                             await self.ctx.last_epoch(self.peer.id), time.time())
                 actions = machine.on_message(first_frame, time.time())
                 await asyncio.wait_for(self._pump(machine, actions, channel), HANDSHAKE_TIMEOUT_S)
             finally:
@@ -399,7 +399,7 @@ class PeerSession(TunnelWatch):
 
     async def _commit(self, machine: Any, action: CommitEpoch) -> list[Any]:
         try:
-            committer = getattr(self.ctx, "committer", None)  # the daemon's: batched
+            committer = getattr(self.ctx, "committer", None)  # the daemon's
             if committer is not None:
                 await committer.commit(action.peer_id, action.epoch, action.key_ids)
             else:
