@@ -31,6 +31,24 @@ class PgServerError(RuntimeError):
     pass
 
 
+def _process_tree(root: int) -> list[int]:
+    """`root` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
 def pg_bindir() -> Path | None:
     """Where initdb/pg_ctl/postgres are: PATH, else Debian's /usr/lib/postgresql/NN/bin."""
     found = shutil.which("initdb")
@@ -134,6 +152,17 @@ class PgServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
+
+    def freeze(self, frozen: bool) -> None:
+        """SIGSTOP (frozen) or SIGCONT every process of the server, as on a hung host:
+        its sockets stay open and the kernel still ACKs, but nothing answers. The
+        backends are sessions of their own, so the whole process tree, not a group."""
+        if self.proc is None:
+            return
+        sig = signal.SIGSTOP if frozen else signal.SIGCONT
+        for pid in _process_tree(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def start(self, timeout_s: float = 30.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
