@@ -475,6 +475,7 @@ class PeerSession(TunnelWatch):
                       "+".join(st.sources), ", degraded: no QKD" if degraded else "",
                       extra={"epoch": action.epoch, "took_ms": round(took_ms, 2)})
         self._publish()
+        await self._prompt_if_quiet()
 
     # ------------------------------------------------------------------ bookkeeping
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.tunnels.base import TunnelError, TunnelHealth
 
-from .liveness import DOWN, PENDING
+from .liveness import DOWN, LIVE, PENDING
 
 if TYPE_CHECKING:
     from gateway.config import PeerConfig
@@ -106,6 +106,20 @@ class TunnelWatch:
         self.log.error("tunnel blocked (policy required): %s", why)
 
     # ------------------------------------------------------------------ liveness
+
+    async def _prompt_if_quiet(self) -> None:
+        """A fresh key on a tunnel that is not live: start its data-plane handshake now.
+        WireGuard stops retrying 90 s after its first failed attempt, and its keepalive
+        is armed only by traffic: a quiet tunnel blocked longer than that (a satellite
+        gap) would sit with a good key, pending and then down, until traffic came."""
+        kick = getattr(self.driver, "handshake_now", None)
+        if kick is None or self._liveness.verdict.state == LIVE:
+            return
+        try:
+            await kick()
+        except TunnelError as exc:
+            self.log.warning("could not start the data-plane handshake: %s", exc)
+
 
     def _liveness_poll_s(self) -> float:
         return max(LIVENESS_POLL_S, self.ctx.peer_count / LIVENESS_SAMPLES_PER_S)

@@ -169,6 +169,20 @@ class WireGuardKernelDriver:
     async def activate(self, epoch: int) -> None:
         return None
 
+    async def handshake_now(self) -> None:
+        """Start a handshake now, as the UAPI driver does: the kernel sends a keepalive
+        when the persistent keepalive goes from off to on (one set per step)."""
+        def kick() -> None:
+            current = self._peer()
+            if current is None:
+                return
+            keep = (current["keepalive"] if self.settings.manage == "psk-only"
+                    else self.settings.persistent_keepalive_s or 0)
+            for interval in (0, 1, keep):
+                self._wg_set(peer={"public_key": self._peer_b64, "update_only": True,
+                                   "persistent_keepalive": interval})
+        await asyncio.to_thread(kick)
+
     async def block(self) -> None:
         await asyncio.to_thread(self._block)
         log.warning("wireguard %s blocked: peer session dropped, random PSK set", self.ifname)

@@ -254,13 +254,21 @@ class WireGuardUapiDriver:
         await self._block(keepalive=0)
 
     async def handshake_now(self) -> None:
-        """Start a WireGuard handshake now (an HA takeover): turning the persistent
-        keepalive on sends one at once, and with no session a keepalive is a handshake."""
+        """Start a WireGuard handshake now (an HA takeover, a key on a quiet tunnel):
+        turning the persistent keepalive on sends one at once, and with no session a
+        keepalive is a handshake. Each step is its own set: within one, only the last
+        value counts. The keepalive ends as configured (psk-only: as it was)."""
+        keep = self.settings.persistent_keepalive_s or 0
+        if self.settings.manage == "psk-only":
+            current = (await self.view().device(*self._max_age(INSTALL_MAX_AGE_S))
+                       ).peer(self._peer_pk)
+            if current is None:
+                return
+            keep = current.persistent_keepalive_s
         pk = f"public_key={self._peer_pk.hex()}"
-        await self._uapi.set([pk, "update_only=true", "persistent_keepalive_interval=0"])
-        await self._uapi.set([pk, "update_only=true", "persistent_keepalive_interval=1"])
-        await self._uapi.set([pk, "update_only=true", "persistent_keepalive_interval="
-                              f"{self.settings.persistent_keepalive_s or 0}"])
+        for interval in (0, 1, keep):
+            await self._uapi.set([pk, "update_only=true",
+                                  f"persistent_keepalive_interval={interval}"])
 
     async def _block(self, keepalive: int | None = None) -> None:
         # A random PSK alone would leave the current session keys working for

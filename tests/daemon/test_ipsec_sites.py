@@ -90,14 +90,22 @@ def test_each_epoch_is_a_new_ike_sa_with_the_ppk_and_traffic_flows(ipsec_sites: 
     try:
         while rotations < 10:
             epoch = _wait_both(sites, a, b, epoch + 1, 20)
-            # The initiator activates after DONE: give the reauth a moment.
-            assert sites.wait_for(lambda: len(_established(_ike_sas(a, t.if_a))) == 1, 10)
+            # The initiator activates after DONE: give the reauth a moment. The next
+            # rotation (2 s) brings its own twin for a moment, so each side is polled
+            # until its one SA shows rather than read once.
+            sole: dict[str, Any] = {}
             for site in (a, b):
-                sas = _established(_ike_sas(site, t.if_a))
-                assert len(sas) == 1, f"{site.name}: old IKE SA not gone: {len(sas)} established"
-                assert sas[0].get("ppk") == b"yes", f"{site.name}: IKE SA without the PPK"
-            uid = _established(_ike_sas(a, t.if_a))[0]["uniqueid"]
-            assert uid not in seen_ids, "epoch did not bring a new IKE SA"
+                def one(site: Site = site, sole: dict[str, Any] = sole) -> bool:
+                    sas = _established(_ike_sas(site, t.if_a))
+                    if len(sas) == 1:
+                        sole[site.name] = sas[0]
+                    # At the initiator, the one SA must be this epoch's, not the last.
+                    return len(sas) == 1 and (site is b or sas[0]["uniqueid"] not in seen_ids)
+                assert sites.wait_for(one, 10), (
+                    f"{site.name}: no sole new IKE SA: "
+                    f"{[x.get('uniqueid') for x in _established(_ike_sas(site, t.if_a))]}")
+                assert sole[site.name].get("ppk") == b"yes", f"{site.name}: IKE SA without the PPK"
+            uid = sole[a.name]["uniqueid"]
             seen_ids.add(uid)
             rotations += 1
     finally:
