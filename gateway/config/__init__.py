@@ -14,7 +14,7 @@ errors.py (ConfigIssue, ConfigError and the pydantic error mapping), checks.py
 
 from gateway.config.diff import PeerDiff, changed_sections, diff_peers
 from gateway.config.errors import ConfigError, ConfigIssue
-from gateway.config.loader import DEFAULT_CONFIG_PATH, load_config, parse_config
+from gateway.config.loader import load_config, parse_config
 from gateway.config.models_gateway import ControlSettings, GatewayConfig, GatewaySettings
 from gateway.config.models_ha import HaSettings, JournalSettings
 from gateway.config.models_kme import (
@@ -35,6 +35,7 @@ from gateway.config.models_telemetry import (
 )
 from gateway.config.models_tunnels import CertAuth, IpsecTunnel, PskAuth, WireGuardTunnel
 from gateway.config.values import HostPort
+from gateway.paths import DEFAULT_CONFIG_PATH
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

@@ -15,8 +15,6 @@ from gateway.config.errors import ConfigError, ConfigIssue, issues_from
 from gateway.config.models_gateway import GatewayConfig
 from gateway.config.yamlloc import compose, issue_at
 
-DEFAULT_CONFIG_PATH = Path("/etc/qsgw/gateway.yaml")
-
 
 def parse_config(
     text: str, file: str = "<config>", *, base_dir: Path | None = None, check_files: bool = True

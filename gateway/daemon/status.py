@@ -60,16 +60,21 @@ class StatusServer:
             self.path.unlink()
 
 
-def read_status(path: Path, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Synchronous client (CLI, demo, tests)."""
+def read_status_bytes(path: Path, timeout_s: float = 5.0) -> bytes:
+    """The daemon's document as it sent it (one line of JSON, keys sorted)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         sock.connect(str(path))
         chunks = []
         while True:
-            chunk = sock.recv(65536)
+            chunk = sock.recv(1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)
-    result: dict[str, Any] = json.loads(b"".join(chunks))
+    return b"".join(chunks)
+
+
+def read_status(path: Path, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Synchronous client (CLI, demo, tests)."""
+    result: dict[str, Any] = json.loads(read_status_bytes(path, timeout_s))
     return result

@@ -289,6 +289,11 @@ def test_status_cli_shows_the_peers(sitelab: SiteLab) -> None:
     table = subprocess.run(qsgw_argv("status", "-s", str(a.status_socket)), capture_output=True,
                            text=True, timeout=20, check=True).stdout
     assert "gw-sgsics" in table and "initiator" in table and "QKD" in table
+    raw = subprocess.run(qsgw_argv("status", "--json", "-s", str(a.status_socket)),
+                         capture_output=True, timeout=20, check=True).stdout
+    doc = json.loads(raw)  # the daemon's document, passed through whole
+    assert [p["peer"] for p in doc["peers"]] == ["gw-sgsics"] and doc["peers"][0]["epoch"] >= 1
+    assert raw.endswith(b"\n") and raw.count(b"\n") == 1
     missing = subprocess.run(qsgw_argv("status", "-s", str(Path(a.dir) / "nope.sock")),
                              capture_output=True, text=True, timeout=20)
     assert missing.returncode == 1 and "is the daemon running" in missing.stderr
