@@ -174,8 +174,8 @@ class WireGuardKernelDriver:
         when the persistent keepalive goes from off to on (one set per step)."""
         def kick() -> None:
             current = self._peer()
-            if current is None:
-                return
+            if current is None or current["endpoint"] is None:
+                return  # no endpoint: only the peer can start it (a roaming peer)
             keep = (current["keepalive"] if self.settings.manage == "psk-only"
                     else self.settings.persistent_keepalive_s or 0)
             for interval in (0, 1, keep):

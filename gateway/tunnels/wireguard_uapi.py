@@ -262,9 +262,11 @@ class WireGuardUapiDriver:
         if self.settings.manage == "psk-only":
             current = (await self.view().device(*self._max_age(INSTALL_MAX_AGE_S))
                        ).peer(self._peer_pk)
-            if current is None:
-                return
+            if current is None or current.endpoint is None:
+                return  # no endpoint: only the peer can start it (a roaming peer)
             keep = current.persistent_keepalive_s
+        elif self.settings.endpoint is None:
+            return
         pk = f"public_key={self._peer_pk.hex()}"
         for interval in (0, 1, keep):
             await self._uapi.set([pk, "update_only=true",
