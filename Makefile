@@ -93,8 +93,8 @@ else
 	DEMO_SECONDS=$(DEMO_SECONDS) $(PY) -m qsgw_lab.scenarios $(SCENARIO)
 endif
 
-# The appliance VM tests (tests/vm, ~25 min under TCG) run in `make test-vm`: not yet
-# in `make test` until they have passed on a fresh machine (issue 17 is open).
+# The appliance VM tests (tests/vm, ~10 min under TCG) run in `make test-vm`, which
+# .ci/run runs after `make test` (KVM where a guest really runs, else TCG: qsgw_lab.vm).
 test: setup
 	$(PY) -m pytest -m "not vm" $(PYTEST_ARGS)
 

@@ -11,6 +11,7 @@ ended (and its tap removed) by stop() and by the lab's close.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -39,9 +40,30 @@ def image_dir() -> Path:
     return Path(os.environ.get("QSGW_IMAGE_DIR", REPO / "build" / "image"))
 
 
+@functools.cache
 def accel() -> str:
-    """`tcg` unless QSGW_VM_ACCEL says `kvm` (KVM fails on these build machines)."""
-    return os.environ.get("QSGW_VM_ACCEL", "tcg")
+    """`kvm` where a KVM guest really runs, else `tcg`; QSGW_VM_ACCEL forces either.
+    On these build machines /dev/kvm exists but a guest dies at its first MSR write,
+    so the device's presence proves nothing: a probe guest must stay up."""
+    forced = os.environ.get("QSGW_VM_ACCEL")
+    if forced:
+        return forced
+    return "kvm" if _kvm_runs() else "tcg"
+
+
+def _kvm_runs(probe_s: float = 4.0) -> bool:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or shutil.which("qemu-system-x86_64") is None:
+        return False
+    # No disk: the firmware waits a minute for a boot device, so a guest that
+    # survives reset (where the MSRs are written) is still running at the timeout.
+    try:
+        subprocess.run(["qemu-system-x86_64", "-machine", "q35", "-accel", "kvm", "-cpu", "host",
+                        "-m", "64", "-nodefaults", "-display", "none", "-monitor", "none",
+                        "-serial", "none", "-no-reboot"],
+                       capture_output=True, timeout=probe_s, check=False)
+    except subprocess.TimeoutExpired:
+        return True
+    return False
 
 
 def make_ext4(path: Path, label: str, content: Path, size_mb: int) -> None:
