@@ -194,6 +194,8 @@ def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any
     hub_rc = sl.stop_hub()
     # What the hub's log says about the handshakes.
     took: list[float] = []
+    by_side: dict[str, list[float]] = {}
+    slow_at: list[float] = []  # when (s into the window) a handshake took over 1 s
     epochs_total = failures_total = failures_window = cut_at_stop = 0
     failure_reasons: dict[str, int] = {}
     for rec in sl.log_records():
@@ -203,6 +205,12 @@ def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any
             at = _unix(rec["time"])
             if unix0 <= at < unix1:
                 took.append(float(rec["took_ms"]))
+                # The hub initiates to the even-numbered peers (scalelab.peer_doc).
+                side = "initiated" if int(str(rec.get("peer", "br1"))[2:]) % 2 == 0 \
+                    else "answered"
+                by_side.setdefault(side, []).append(float(rec["took_ms"]))
+                if float(rec["took_ms"]) > 1000:
+                    slow_at.append(at - unix0)
         elif msg.startswith("handshake failed"):
             if _unix(rec["time"]) >= stop_at:
                 cut_at_stop += 1
@@ -217,7 +225,9 @@ def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any
     # key_IDs (the other end of the same epochs) among them, used by one peer only.
     hub_ids = journal_key_ids(sl)
     remote_ids = [k for r in remote.values() for k in r["key_ids"]]
-    reused = (len(hub_ids) - len(set(hub_ids))) + (len(remote_ids) - len(set(remote_ids)))
+    remote_all = remote_ids + [k for r in remote.values() for k in r["unfinished_key_ids"]]
+    reused = (len(hub_ids) - len(set(hub_ids))) + (len(remote_all) - len(set(remote_all)))
+    # Of finished handshakes only: an unfinished one's INIT may never have reached the hub.
     unknown = len(set(remote_ids) - set(hub_ids))
     commits = journal_commits(sl, unix0, unix1)
     result: dict[str, Any] = {
@@ -260,6 +270,13 @@ def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any
             "uapi_set_all_peers_s": round(sl.figures["uapi_set_all_peers_s"], 3),
             "uapi_get_all_peers_ms": round(sl.figures["uapi_get_all_peers_ms"], 1),
             "status_doc_bytes": len(out.stdout),
+            "handshake_ms_by_side": {
+                side: {"n": len(v), "p50": _r(pct(v, 50)), "p99": _r(pct(v, 99))}
+                for side, v in sorted(by_side.items())},
+            # Over 1 s, by the minute of the window they ended in: bunching shows here.
+            "slow_handshakes_by_minute": {
+                str(m): sum(1 for t in slow_at if int(t // 60) == m)
+                for m in sorted({int(t // 60) for t in slow_at})},
         },
         "targets": TARGETS,
         "tunnel": f"one wireguard-go interface with {args.peers} peers (UAPI, psk-only)",

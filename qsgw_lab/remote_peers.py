@@ -72,7 +72,10 @@ class RemotePeer:
     epochs: int = 0
     failures: int = 0
     last_error: str = ""
-    key_ids: list[str] = field(default_factory=list)
+    key_ids: list[str] = field(default_factory=list)  # of finished handshakes
+    # Committed by a handshake that did not finish (cut by a stop, or failed): an
+    # initiator commits before its INIT, which the hub may never have journalled.
+    unfinished_key_ids: list[str] = field(default_factory=list)
     busy: bool = False
 
 
@@ -139,6 +142,17 @@ class RemotePeers:
 
     async def _steps(self, peer: RemotePeer, machine: InitiatorHandshake | ResponderHandshake,
                      actions: list[Any], conn: Conn) -> None:
+        committed: list[str] = []
+        try:
+            await self._step_through(peer, machine, actions, conn, committed)
+        except BaseException:
+            peer.unfinished_key_ids.extend(committed)
+            raise
+        peer.key_ids.extend(committed)
+
+    async def _step_through(self, peer: RemotePeer,
+                            machine: InitiatorHandshake | ResponderHandshake,
+                            actions: list[Any], conn: Conn, committed: list[str]) -> None:
         queue = list(actions)
         installed = False
         while True:
@@ -156,7 +170,7 @@ class RemotePeers:
                         if action.epoch <= peer.last_epoch:
                             raise RuntimeError(f"epoch {action.epoch} not above {peer.last_epoch}")
                         peer.last_epoch = action.epoch
-                    peer.key_ids.extend(action.key_ids)
+                    committed.extend(action.key_ids)
                 elif isinstance(action, FetchQkdKeys | FetchQkdKeysById):
                     try:
                         keys = await self._keys(peer, action)
@@ -289,6 +303,7 @@ class RemotePeers:
         return {
             "peers": {p.peer_id: {"epochs": p.epochs, "failures": p.failures,
                                   "last_epoch": p.last_epoch, "key_ids": p.key_ids,
+                                  "unfinished_key_ids": p.unfinished_key_ids,
                                   "last_error": p.last_error}
                       for p in self.peers.values()},
             "errors": self.errors,
