@@ -68,6 +68,12 @@ def test_beqci_three_links_a_fault_on_one_never_touches_the_others(open_run: Ope
                                            for t in run.tunnels.values()}
         for t in (ghent, redu, belnet):
             assert run.wait_ping(t, 15), f"no traffic through {run.label(t)}"
+        # The bystanders' baseline before any fault: `ok` at both ends of every link (a
+        # WireGuard responder sees its handshake with the first packet on the session,
+        # a few seconds after the first epoch).
+        assert run.sitelab.wait_for(lambda: all(_both(run, t, "ok") for t in (ghent, redu, belnet)),
+                                    30), {run.label(t): beqci.states(run, t)
+                                          for t in (ghent, redu, belnet)}
         # IPsec: each epoch is a new IKE SA that used the PPK, at both ends
         # (the signals of tests/daemon/test_ipsec_sites.py).
         ike_seen: set[str] = set()
