@@ -33,5 +33,7 @@ def diff_peers(old: GatewayConfig, new: GatewayConfig) -> PeerDiff:
     return PeerDiff(
         added=tuple(p for i, p in after.items() if i not in before),
         removed=tuple(p for i, p in before.items() if i not in after),
-        changed=tuple(p for i, p in after.items() if i in before and before[i] != p),
+        # `is` first: a peer file unchanged since the last load is the same model.
+        changed=tuple(p for i, p in after.items()
+                      if i in before and before[i] is not p and before[i] != p),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import (
     ValidationError,
@@ -13,6 +14,7 @@ from pydantic import (
 from gateway.config.checks import _cross_checks
 from gateway.config.errors import ConfigError, ConfigIssue, issues_from
 from gateway.config.models_gateway import GatewayConfig
+from gateway.config.peerfiles import PeerFile, load_peer_files
 from gateway.config.yamlloc import compose, issue_at
 
 
@@ -46,19 +48,50 @@ def parse_config(
             ]
         )
     context = {"base_dir": base_dir, "check_files": check_files}
-    issues.extend(issue_at(located, file, loc, msg) for loc, msg in _cross_checks(data))
+    files: list[PeerFile] = []
+    inline = data.get("peers", ())
+    if "peers_dir" in data:
+        files, found = _peers_dir(data.pop("peers_dir"), located, file, base_dir, context)
+        issues.extend(found)
+        if files and isinstance(inline, tuple):
+            data["peers"] = inline + tuple(pf.raw for pf in files)  # for the cross checks
+    n_inline = len(inline) if isinstance(inline, tuple) else 0
+    for loc, msg in _cross_checks(data):
+        if len(loc) > 1 and loc[0] == "peers" and isinstance(loc[1], int) and loc[1] >= n_inline:
+            issues.append(files[loc[1] - n_inline].issue(loc[2:], msg))
+        else:
+            issues.append(issue_at(located, file, loc, msg))
+    if files and isinstance(inline, tuple):
+        # A peer file's own problems are reported already; the valid ones go in as
+        # models, which pydantic takes as they are (no second validation).
+        data["peers"] = inline + tuple(pf.peer for pf in files if pf.peer is not None)
     try:
         cfg = GatewayConfig.model_validate(data, context=context)
     except ValidationError as exc:
         issues.extend(issues_from(exc, located, file))
-        raise ConfigError(_sorted(issues)) from None
+        raise ConfigError(_sorted(issues, file)) from None
     if issues:
-        raise ConfigError(_sorted(issues))
+        raise ConfigError(_sorted(issues, file))
     return cfg
 
 
-def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
-    return sorted(issues, key=lambda i: (i.line, i.column, i.field))
+def _peers_dir(value: Any, located: Any, file: str, base_dir: Path | None,
+               context: dict[str, Any]) -> tuple[list[PeerFile], list[ConfigIssue]]:
+    if not isinstance(value, str) or not value:
+        return [], [issue_at(located, file, ("peers_dir",),
+                             "must be a directory path: one peer per *.yaml file in it")]
+    directory = Path(value)
+    if not directory.is_absolute() and base_dir is not None:
+        directory = base_dir / directory
+    if not directory.is_dir():
+        return [], [issue_at(located, file, ("peers_dir",),
+                             f"{directory} is not a directory (one peer per *.yaml file)")]
+    return load_peer_files(directory, context)
+
+
+def _sorted(issues: list[ConfigIssue], file: str) -> list[ConfigIssue]:
+    # The main file's issues first, then each peer file's, each in line order.
+    return sorted(issues, key=lambda i: (i.file != file, i.file, i.line, i.column, i.field))
 
 
 def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> GatewayConfig:
