@@ -128,7 +128,8 @@ def keyed(doc: dict[str, Any]) -> int:
 
 def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any]:
     remotes = args.remotes or max(2, math.ceil(args.peers / 2500))
-    sl = ScaleLab(lab, workdir, args.peers, remotes, args.rekey, args.lifetime, args.warmup)
+    sl = ScaleLab(lab, workdir, args.peers, remotes, args.rekey, args.lifetime, args.warmup,
+                  peers_dir=not args.single_file)
     t0 = time.monotonic()
     sl.build()
     build_s = time.monotonic() - t0
@@ -280,6 +281,8 @@ def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any
         },
         "targets": TARGETS,
         "tunnel": f"one wireguard-go interface with {args.peers} peers (UAPI, psk-only)",
+        "config_layout": "gateway.yaml alone" if args.single_file
+        else "gateway.yaml + peers.d/ (a file per peer)",
     }
     result["meets_targets"] = {
         k: (result[k] is not None and result[k] <= v) for k, v in TARGETS.items()}
@@ -310,6 +313,8 @@ def main() -> int:
     parser.add_argument("--prefix", default="qsgwsc", help="network namespace prefix")
     parser.add_argument("--json", action="store_true", help="print only the JSON")
     parser.add_argument("--save", type=Path, default=None)
+    parser.add_argument("--single-file", action="store_true",
+                        help="all peers in gateway.yaml instead of one file each in peers.d")
     parser.add_argument("--keep", type=Path, default=None, help="copy the work dir's logs here")
     args = parser.parse_args()
     args.seconds = args.seconds if args.seconds is not None else 1.25 * args.rekey

@@ -69,6 +69,9 @@ class ScaleLab:
     figures: dict[str, float] = field(default_factory=dict)
     remote_errors: dict[str, int] = field(default_factory=dict)
     remote_cut: dict[str, int] = field(default_factory=dict)  # handshakes cut by the stop
+    # The hub's peers one file each in peers.d (the layout docs/operations.md advises
+    # for hubs: a reload reads only the files that changed), or all in gateway.yaml.
+    peers_dir: bool = True
 
     @property
     def config_path(self) -> Path:
@@ -231,8 +234,19 @@ class ScaleLab:
         peers = list(self.peer_docs)
         for j in range(extra_peers):  # a peer no remote process serves (the SIGHUP figure)
             peers.append(self.peer_doc(self.peers + j, LocalIdentity.generate().public.to_text()))
+        doc = self.hub_config(peers)
+        if self.peers_dir:
+            directory = self.config_path.parent / "peers.d"
+            directory.mkdir(exist_ok=True)
+            for peer in peers:  # an existing file is left as it is, as an operator would
+                path = directory / f"{peer['id']}.yaml"
+                if not path.exists():
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text(yaml.dump(peer, Dumper=_Dumper, sort_keys=False))
+                    os.replace(tmp, path)
+            doc["peers"], doc["peers_dir"] = [], "peers.d"
         tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(yaml.dump(self.hub_config(peers), Dumper=_Dumper, sort_keys=False))
+        tmp.write_text(yaml.dump(doc, Dumper=_Dumper, sort_keys=False))
         os.replace(tmp, self.config_path)
 
     # ------------------------------------------------------------------ processes
