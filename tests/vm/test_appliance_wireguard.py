@@ -48,9 +48,12 @@ def _rotations(pair: VmPair, tunnel: Callable[[int, dict[str, str]],
     pair.provision(tunnel, report=({"ping": [INNER[1]], "ping_interval_s": 0.5}, {}))
     pair.start()
     a = pair.vms[0]
+    live_from = 0  # a's ping sequence number once its tunnel was first live
     for vm in pair.vms:
         rep = vm.wait_report(_ready, BOOT_S, "READY with a keyed, live tunnel")
         assert rep["mounts"]["/"].startswith("squashfs ro"), rep["mounts"]
+        if vm is a:
+            live_from = int(rep["ping"][INNER[1]]["sent"])
     # epoch -> PSK fingerprint, as each end reported it
     seen: list[dict[int, str]] = [{}, {}]
 
@@ -71,8 +74,11 @@ def _rotations(pair: VmPair, tunnel: Callable[[int, dict[str, str]],
     assert len(set(fps)) == len(fps), "a PSK came back in a later epoch"
     ping = a.latest()["ping"][INNER[1]]  # type: ignore[index]
     assert ping["received"] > 20, ping
-    # Rotation is make-before-break: the ping does not notice it.
-    assert ping["lost_after_first_reply"] <= 1, ping
+    # Rotation is make-before-break: the ping does not notice it. Pings sent while the
+    # tunnel first came up (the first handshakes meet one end still on the last
+    # epoch's PSK, and WireGuard retries after 5 s) are not the rotations' to count.
+    lost = [s for s in ping["lost_seqs"] if s > live_from]
+    assert len(lost) <= 1, (lost, live_from, ping)
     # The firewall: the control port answers the peer (the epochs above), not others.
     assert _connect(pair, "198.51.100.99", WAN[0], CONTROL_PORT) == "timeout"
 
