@@ -30,7 +30,15 @@ from typing import Any
 
 from qsgw_lab.netns import NetnsLab, PrefixLock
 from qsgw_lab.vm import REPO, Report, accel, image_dir
-from qsgw_lab.vmsites import INNER, VmPair, env_prefix, ipsec_esp, peer_of, wireguard_full
+from qsgw_lab.vmsites import (
+    INNER,
+    VmPair,
+    env_prefix,
+    ipsec_esp,
+    lost_since,
+    peer_of,
+    wireguard_full,
+)
 
 IPERF_S = 10
 
@@ -81,7 +89,7 @@ def _run(workdir: Path, rekey_s: float, lifetime_s: float, seconds: float,
             rep = a.reports[-1]
             last_epoch = int(peer_of(rep)["epoch"])  # type: ignore[index]
             ping = dict(rep["ping"][INNER[1]])
-            ping["lost_after_live"] = len([q for q in ping["lost_seqs"] if q > live_from])
+            ping["lost_after_live"] = len(lost_since(ping, live_from))
             return {"boot_to_ready_s": round(boot_s, 1), "rotations": last_epoch - first_epoch,
                     "iperf3": rep.get("iperf3"), "ping": ping,
                     "exposure": _exposure(rep.get("security") or "")}

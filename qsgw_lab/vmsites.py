@@ -26,7 +26,7 @@ from qsgw_lab.netns import NetnsLab
 from qsgw_lab.sitelab import CONTROL_PORT, KME_NS, SiteLab, qsgw_argv
 from qsgw_lab.vm import REPO, ApplianceVM, Report
 
-__all__ = ["TOPOLOGY", "VmPair", "peer_of"]
+__all__ = ["TOPOLOGY", "VmPair", "lost_since", "peer_of"]
 
 TOPOLOGY = REPO / "configs" / "topologies" / "beqci.yaml"
 SAES = ("SAE_UGENT_A_GW", "SAE_UGENT_B_GW")
@@ -48,6 +48,12 @@ def peer_of(report: Report) -> dict[str, Any] | None:
     """The one peer of a report's `qsgw status` document."""
     peers = (report.get("status") or {}).get("peers") or []
     return peers[0] if peers else None
+
+
+def lost_since(ping: dict[str, Any], seq: int) -> list[int]:
+    """The ping's lost sequence numbers after `seq` (the tunnel's bring-up is not a
+    rotation: pass the count sent when it was first live)."""
+    return [s for s in ping["lost_seqs"] if s > seq]
 
 
 class VmPair:

@@ -12,8 +12,6 @@ from gateway.paths import DEFAULT_CONFIG_PATH
 
 from .status import read_status_bytes
 
-# gateway.config (the pydantic models) is imported only when -c names the socket.
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, default=None,
@@ -109,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if socket_path is None:
+        # Imported only here: the config models are most of the command's start-up.
         from gateway.config import ConfigError, load_config
 
         try:
@@ -119,16 +118,15 @@ def run(args: argparse.Namespace) -> int:
         socket_path = Path(config.gateway.status_socket)
     try:
         raw = read_status_bytes(socket_path)
-        # --json passes the document through: with 10,000 peers it is ~6 MB, and
-        # parsing and re-indenting it cost the caller more than the daemon's reply.
-        doc = None if args.json else json.loads(raw)
     except OSError as exc:
         print(f"qsgw status: cannot read {socket_path}: {exc.strerror or exc} "
               "(is the daemon running?)", file=sys.stderr)
         return 1
+    try:
+        # --json passes the document through: with 10,000 peers it is ~6 MB, and
+        # parsing and re-indenting it cost the caller more than the daemon's reply.
+        doc = None if args.json and raw.strip() else json.loads(raw)
     except ValueError:
-        doc = None
-    if doc is None and (args.json is False or not raw.strip()):
         print(f"qsgw status: {socket_path} answered no status document "
               "(is it a qsgw status socket?)", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from qsgw_lab.vmsites import (
     WAN,
     Files,
     VmPair,
+    lost_since,
     peer_of,
     wireguard_full,
     wireguard_psk_only,
@@ -77,7 +78,7 @@ def _rotations(pair: VmPair, tunnel: Callable[[int, dict[str, str]],
     # Rotation is make-before-break: the ping does not notice it. Pings sent while the
     # tunnel first came up (the first handshakes meet one end still on the last
     # epoch's PSK, and WireGuard retries after 5 s) are not the rotations' to count.
-    lost = [s for s in ping["lost_seqs"] if s > live_from]
+    lost = lost_since(ping, live_from)
     assert len(lost) <= 1, (lost, live_from, ping)
     # The firewall: the control port answers the peer (the epochs above), not others.
     assert _connect(pair, "198.51.100.99", WAN[0], CONTROL_PORT) == "timeout"
