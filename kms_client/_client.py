@@ -1,6 +1,6 @@
-"""``KmeClient``: the SAE side of ETSI GS QKD 014 over httpx with mutual TLS.
+"""``KmeClient``: the SAE side of ETSI GS QKD 014 over HTTPS with mutual TLS.
 
-One pooled ``httpx.AsyncClient`` per KME endpoint (connections are reused);
+One pooled transport per KME endpoint (``kms_client._transport``: connections are reused);
 every call is bounded by ``timeout``; 503, other 5xx, timeouts and connection
 errors are retried with exponential backoff and full jitter, then the next
 endpoint is tried; 400/401 are never retried. What an error answer means is
@@ -19,10 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote
-
-import httpx
 
 from kms_client._dialects import Call, Dialect, get_dialect
 from kms_client._errors import (
@@ -46,8 +44,15 @@ from kms_client._models import (
     dump_json,
     is_uuid,
 )
-from kms_client._tls import TlsOptions, client_ssl_context, peer_common_name
+from kms_client._tls import TlsOptions, client_ssl_context
 from kms_client._tls_triage import SERVER_CERT_KINDS, Where, describe, triage
+from kms_client._transport import (
+    BodyTooLarge,
+    Reply,
+    Transport,
+    TransportFailure,
+    TransportTimeout,
+)
 
 log = logging.getLogger("kms_client")
 
@@ -148,7 +153,7 @@ class KmeClient:
         self._rng = rng or random.SystemRandom()
         self._preferred = 0  # sticky: the endpoint that answered last goes first
         self._closed = False
-        self._clients: list[httpx.AsyncClient] = []
+        self._transports: list[Transport] = []
         self._where: list[Where] = []
         for ep in self._endpoints:
             if not ep.url.startswith("https://"):
@@ -157,19 +162,7 @@ class KmeClient:
                                      kme_id=ep.kme_id, options=ep.tls)
             self._where.append(Where(ep.url, ep.kme_id, ep.ca_file, credentials.cert_file,
                                      credentials.key_file, ctx, timeout))
-            self._clients.append(
-                httpx.AsyncClient(
-                    base_url=ep.url,
-                    verify=ctx,
-                    timeout=httpx.Timeout(timeout),
-                    headers={"Accept": "application/json"},
-                    # Every connection kept alive: a hub's bursts of calls would otherwise
-                    # close the ones above the keep-alive count, and pay a TLS handshake
-                    # for each new one (most of its KME cost at thousands of peers).
-                    limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
-                    trust_env=False,
-                )
-            )
+            self._transports.append(Transport(ep.url, ctx, timeout))
 
     @property
     def sae_id(self) -> str:
@@ -194,8 +187,8 @@ class KmeClient:
         if self._closed:
             return
         self._closed = True
-        for client in self._clients:
-            await client.aclose()
+        for transport in self._transports:
+            await transport.aclose()
 
     # ------------------------------------------------------------------ API
 
@@ -388,27 +381,28 @@ class KmeClient:
         content: bytes | None,
         call: Call,
     ) -> bytes:
-        client, endpoint = self._clients[index], self._endpoints[index]
-        headers = {"Content-Type": "application/json"} if content is not None else None
+        endpoint = self._endpoints[index]
         try:
-            response = await client.request(
-                method, path, params=params, content=content, headers=headers
-            )
-        except httpx.TimeoutException:
+            response = await self._transports[index].request(method, path, params=params,
+                                                             content=content)
+        except TransportTimeout:
             raise _Retryable("timeout") from None
-        except httpx.TransportError as exc:
+        except BodyTooLarge:
+            raise KmeProtocolError("", f"KME {endpoint.kme_id} sent an answer over the size "
+                                   "limit") from None
+        except TransportFailure as exc:
             failure = await triage(exc, self._where[index])
             if failure is None:
-                raise _Retryable(f"{type(exc).__name__}: {describe(exc)}") from None
+                raise _Retryable(f"{type(exc.__cause__ or exc).__name__}: {describe(exc)}"
+                                 ) from None
             if failure.kind == "client-cert":
                 raise KmeUnauthorized(failure.message) from None
             if failure.kind in SERVER_CERT_KINDS:
                 raise KmeIdentityMismatch(failure.message, failure.kind) from None
             raise KmeTlsError(failure.message, failure.kind) from None
-        self._check_identity(response, endpoint)
-        code = response.status_code
+        code = response.status
         if code == 200:
-            return response.content
+            return response.body
         message = _error_message(response)
         dialect = endpoint.dialect or self._dialect
         outcome = dialect.outcome(code, message, call)
@@ -427,17 +421,6 @@ class KmeClient:
                 _retry_after(response),
             )
         raise KmeProtocolError("", f"unexpected HTTP status {code} from KME {endpoint.kme_id}")
-
-    @staticmethod
-    def _check_identity(response: httpx.Response, endpoint: KmeEndpoint) -> None:
-        stream: Any = response.extensions.get("network_stream")
-        ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
-        cn = peer_common_name(ssl_object)
-        if cn != endpoint.kme_id:
-            raise KmeIdentityMismatch(
-                f"KME at {endpoint.url} presented certificate CN {cn!r}, "
-                f"expected KME ID {endpoint.kme_id!r}"
-            )
 
 
 def _path(sae_id: str, leaf: str) -> str:
@@ -464,17 +447,17 @@ def _opt_tuple(value: Sequence[JsonObject] | None) -> tuple[JsonObject, ...] | N
     return out
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(response: Reply) -> str:
     """The ``message`` of an error body, or "" (401 often has none; deviant KMEs send HTML)."""
-    if not response.content:
+    if not response.body:
         return ""
     try:
-        return ErrorBody.parse(response.content).message[:_MAX_MESSAGE]
+        return ErrorBody.parse(response.body).message[:_MAX_MESSAGE]
     except KmsError:
         return ""
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: Reply) -> float | None:
     value = response.headers.get("Retry-After")
     if value is None:
         return None

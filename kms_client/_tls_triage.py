@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+import aiohttp
 import anyio
 
 from kms_client._tls import KmePinError, cert_fingerprints
@@ -68,9 +69,13 @@ class Where:
 
 def _chain(exc: BaseException) -> list[BaseException]:
     out: list[BaseException] = []
+    seen: list[BaseException] = []
     cur: BaseException | None = exc
-    while cur is not None and all(cur is not e for e in out):
-        out.append(cur)
+    while cur is not None and all(cur is not e for e in seen):
+        seen.append(cur)
+        # aiohttp's wrappers subclass the ssl errors they wrap: the cause is the error.
+        if not isinstance(cur, aiohttp.ClientError) or cur.__cause__ is None:
+            out.append(cur)
         cur = cur.__cause__ or cur.__context__
     return out
 
@@ -127,7 +132,9 @@ def classify(exc: BaseException, where: Where) -> tuple[TlsFailure | None, bool]
                     cipher
             # An EOF, or a TLS error we cannot read: one diagnostic handshake tells more.
             eof = True
-        if isinstance(cur, anyio.EndOfStream):
+        # asyncio's SSL transport reports a KME's handshake alert as a bare reset.
+        if isinstance(cur, (anyio.EndOfStream, aiohttp.ServerDisconnectedError,
+                            ConnectionResetError)):
             eof = True
     return None, eof
 
@@ -206,6 +213,9 @@ def describe(exc: BaseException) -> str:
             return RESET_HINT
         if isinstance(cur, anyio.EndOfStream):
             return "connection closed by the KME during the TLS handshake"
+        if isinstance(cur, aiohttp.ServerDisconnectedError):
+            return ("connection closed by the KME before it answered (with TLS 1.3 this is "
+                    "how a KME refusing the SAE certificate shows)")
         if isinstance(cur, OSError) and cur.strerror:
             return cur.strerror
     return type(exc).__name__

@@ -204,6 +204,35 @@ async def test_malformed_answers_are_protocol_errors(
             await client.enc_keys("SAE_B", number=2)
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_oversized_answer_is_refused_and_the_client_carries_on(
+    fake_kme_factory: Factory, pki: dict[str, Any], chunked: bool
+) -> None:
+    """A KME that streams megabytes is cut off at the transport's bound, declared
+    or not, and the next call on the same client is served."""
+    from kms_client._transport import MAX_BODY
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if n > 0:
+            reply: web.StreamResponse = await echo_keys()(request, n)
+            return reply
+        if not chunked:
+            return web.Response(status=200, body=b" " * (MAX_BODY + 1),
+                                content_type="application/json")
+        response = web.StreamResponse(status=200)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(MAX_BODY // 65536 + 2):
+            await response.write(b" " * 65536)
+        return response
+
+    fake = await fake_kme_factory(handler)
+    async with make_client(pki, [fake.url]) as client:
+        with pytest.raises(KmeProtocolError, match="over the size limit"):
+            await client.enc_keys("SAE_B", number=1)
+        assert len((await client.enc_keys("SAE_B", number=1)).keys) == 1
+
+
 async def test_key_of_wrong_size_is_refused(fake_kme_factory: Factory, pki: dict[str, Any]) -> None:
     fake = await fake_kme_factory(echo_keys(nbytes=16))
     async with make_client(pki, [fake.url]) as client:

@@ -62,6 +62,26 @@ def test_chain_spans_rotated_files_and_verifies(tmp_path: Path) -> None:
     assert verify_files(list(reversed(files))).ok
 
 
+def test_the_writer_thread_groups_records_into_few_fsyncs_and_rotates_inside_a_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a hub's event loop submits in a burst goes to disk in a few writes (one fsync
+    each), still one verifiable chain across the files a batch rotated through."""
+    fsyncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
+    log = AuditLog(tmp_path / "audit.jsonl", max_bytes=16 * 1024)
+    for i in range(600):
+        log.submit({"type": "epoch", "outcome": "made", "peer": f"br{i:05d}", "epoch": i})
+    log.close()
+    files = _files(tmp_path)
+    result = verify_files(files)
+    assert result.ok, result.breaks
+    assert result.records == 600
+    assert len(files) >= 4, "the burst must have crossed several rotations"
+    assert len(fsyncs) < 600 / 4, f"{len(fsyncs)} fsyncs for 600 records"
+
+
 def test_resume_continues_chain_and_cuts_torn_write(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, max_bytes=1024)
