@@ -171,8 +171,8 @@ def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any
     status_ms = []
     for _ in range(3):
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--json", "-s",
-                              str(sl.status_socket)], capture_output=True, check=True)
+        out = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--json", "--timeout",
+                              "60", "-s", str(sl.status_socket)], capture_output=True, check=True)
         status_ms.append((time.perf_counter() - t0) * 1e3)
     final = json.loads(out.stdout)
     t0 = time.perf_counter()

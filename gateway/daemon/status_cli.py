@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print the daemon's JSON document as it sent it (one line, keys "
                         "sorted; `| jq .` to read it)")
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="how long to wait for the daemon's answer (default 5; a hub "
+                        "with thousands of peers under load may need more)")
 
 
 def _age(seconds: float | None) -> str:
@@ -117,10 +120,11 @@ def run(args: argparse.Namespace) -> int:
             return 1
         socket_path = Path(config.gateway.status_socket)
     try:
-        raw = read_status_bytes(socket_path)
+        raw = read_status_bytes(socket_path, args.timeout)
     except OSError as exc:
-        print(f"qsgw status: cannot read {socket_path}: {exc.strerror or exc} "
-              "(is the daemon running?)", file=sys.stderr)
+        why = f"no answer within {args.timeout:g} s (--timeout)" if isinstance(
+            exc, TimeoutError) else f"{exc.strerror or exc} (is the daemon running?)"
+        print(f"qsgw status: cannot read {socket_path}: {why}", file=sys.stderr)
         return 1
     try:
         # --json passes the document through: with 10,000 peers it is ~6 MB, and

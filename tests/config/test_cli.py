@@ -141,6 +141,26 @@ def test_status_without_config_or_socket_says_use_c_or_s(
     assert "-c FILE" in err and "-s SOCKET" in err
 
 
+def test_status_that_gets_no_answer_says_how_long_it_waited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon too busy to answer: the CLI gives up at --timeout and says so."""
+    import socket
+
+    from gateway.daemon import status_cli
+
+    path = tmp_path / "status.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)  # accepted by the kernel, never answered
+        parser = argparse.ArgumentParser()
+        status_cli.add_arguments(parser)
+        args = parser.parse_args(["-s", str(path), "--json", "--timeout", "0.3"])
+        assert status_cli.run(args) == 1
+    err = capsys.readouterr().err
+    assert "no answer within 0.3 s (--timeout)" in err
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     out = qsgw("check", "-c", str(tmp_path / "absent.yaml"))
     assert out.returncode == 1
