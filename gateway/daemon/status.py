@@ -12,13 +12,14 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from gateway.fsguard import FileSafetyError
 
-StatusProvider = Callable[[], dict[str, Any]]
+# The document, encoded: built by the daemon a chunk of peers at a time.
+StatusProvider = Callable[[], Awaitable[bytes]]
 
 
 class StatusServer:
@@ -43,8 +44,7 @@ class StatusServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            document = json.dumps(self._provider(), sort_keys=True).encode() + b"\n"
-            writer.write(document)
+            writer.write(await self._provider() + b"\n")
             await asyncio.wait_for(writer.drain(), 5)
         except (OSError, TimeoutError):
             pass

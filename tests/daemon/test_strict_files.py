@@ -79,11 +79,15 @@ def test_audit_trail_through_a_symlink_is_refused(tmp_path: Path) -> None:
     assert not target.exists()
 
 
+async def _no_document() -> bytes:
+    return b"{}"
+
+
 async def test_status_socket_path_that_is_no_socket_is_refused(tmp_path: Path) -> None:
     victim = tmp_path / "important"
     victim.write_text("keep me")
     sock = tmp_path / "status.sock"
     sock.symlink_to(victim)
     with pytest.raises(FileSafetyError, match="not a socket"):
-        await StatusServer(sock, dict).start()
+        await StatusServer(sock, _no_document).start()
     assert victim.read_text() == "keep me" and sock.is_symlink()
