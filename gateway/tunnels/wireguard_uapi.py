@@ -24,7 +24,6 @@ from typing import IO
 
 from gateway.tunnels import wireguard_common as wgc
 from gateway.tunnels.base import TunnelError, TunnelHealth
-from gateway.tunnels.uapi_conn import connection_for
 from gateway.tunnels.uapi_view import UapiView, view_for
 from gateway.tunnels.wireguard_common import WireGuardSettings
 
@@ -73,8 +72,7 @@ class UapiDevice:
 
 
 class UapiClient:
-    """Requests to IFNAME.sock, each bounded by `timeout_s`, on the socket's one kept
-    connection (`uapi_conn`)."""
+    """One request per connection to IFNAME.sock, each bounded by `timeout_s`."""
 
     def __init__(
         self, ifname: str, socket_dir: Path = UAPI_SOCKET_DIR, timeout_s: float = 5.0,
@@ -87,12 +85,21 @@ class UapiClient:
         try:
             async with asyncio.timeout(self.timeout_s):
                 try:
-                    raw = await connection_for(self.path, _MAX_REPLY).exchange(request)
+                    reader, writer = await asyncio.open_unix_connection(
+                        str(self.path), limit=_MAX_REPLY)
                 except (FileNotFoundError, ConnectionRefusedError) as exc:
                     raise TunnelError(
                         f"{self.ifname}: no UAPI socket at {self.path} "
                         "(is wireguard-go running for this interface?)"
                     ) from exc
+                try:
+                    writer.write(request)
+                    await writer.drain()
+                    raw = await reader.readuntil(b"\n\n")
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
         except TimeoutError as exc:
             raise TunnelError(f"{self.ifname}: UAPI did not answer in {self.timeout_s} s") from exc
         except asyncio.IncompleteReadError as exc:

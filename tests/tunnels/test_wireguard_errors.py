@@ -53,33 +53,6 @@ async def test_bad_key_length_is_refused_without_the_key_in_the_error(
         await driver.stop(keep_tunnel=False)
 
 
-async def test_requests_share_one_kept_connection_that_outlives_a_restart(
-    lab: NetnsLab, sites: tuple[Site, Site],
-) -> None:
-    """Every client of an interface's socket sends on one connection; when wireguard-go
-    restarts, the next request finds the kept connection closed and goes on a new one."""
-    from gateway.tunnels.uapi_conn import connection_for
-
-    settings = sites[0].settings
-    peer_pk = base64.b64decode(settings.peer_public_key)
-    driver = WireGuardUapiDriver(settings)
-    await driver.start()
-    try:
-        clients = [UapiClient(settings.interface) for _ in range(3)]
-        for client in clients * 3:
-            assert (await client.get()).peer(peer_pk)
-        conn = connection_for(clients[0].path, 1 << 20)
-        assert conn.opened == 1
-        await driver.stop(keep_tunnel=False)  # wireguard-go ends, the kept connection too
-        driver = WireGuardUapiDriver(settings)
-        await driver.start()
-        await driver.install_key(1, secrets.token_bytes(32))
-        assert (await clients[1].get()).peer(peer_pk)
-        assert conn.opened == 2
-    finally:
-        await driver.stop(keep_tunnel=False)
-
-
 async def test_unknown_interface_is_a_tunnel_error(tmp_path: Path) -> None:
     settings = WireGuardSettings(
         interface=f"wgnone{secrets.token_hex(3)}", manage="psk-only",
