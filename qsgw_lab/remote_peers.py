@@ -77,6 +77,7 @@ class RemotePeer:
     # initiator commits before its INIT, which the hub may never have journalled.
     unfinished_key_ids: list[str] = field(default_factory=list)
     busy: bool = False
+    streak: int = 0  # initiations failed in a row
     kme: KmeClient | None = field(default=None, repr=False)
 
 
@@ -250,9 +251,14 @@ class RemotePeers:
                                    HANDSHAKE_TIMEOUT_S)
         except Exception as exc:
             self._failed(peer, exc)
-            # As the daemon does: retry soon (backoff with jitter), not an interval later.
-            heapq.heappush(self._heap, (time.monotonic() + random.uniform(2.0, 5.0),
+            # As the daemon does: retry soon, backing off exponentially with full jitter,
+            # so that thousands of peers failing together do not come back as a storm.
+            peer.streak += 1
+            base = min(60.0, 2.0 * 2 ** (peer.streak - 1))
+            heapq.heappush(self._heap, (time.monotonic() + random.uniform(base / 2, base),
                                         peer.peer_id, False))
+        else:
+            peer.streak = 0
         finally:
             peer.busy = False
 
