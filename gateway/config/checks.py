@@ -27,7 +27,9 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
     They run on the raw data, so they are reported together with any type errors.
     """
     raw_peers = data.get("peers")
-    peers = list(enumerate(raw_peers)) if isinstance(raw_peers, tuple) else []
+    # Each peer's fields read once (a hub's 10,000 peers are read by every check).
+    peers = [(i, _flat(p)) for i, p in enumerate(raw_peers)] \
+        if isinstance(raw_peers, tuple) else []
 
     def dupes(
         field: tuple[str, ...], what: str, tunnel_type: str | None = None
@@ -81,6 +83,20 @@ def _cross_checks(data: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
             ("telemetry", "metrics", "listen"),
             f"port {metrics.port} is control.listen's too; pick another TCP port",
         )
+
+
+_TUNNEL_FIELDS = ("type", "interface", "manage", "peer_public_key", "listen_port",
+                  "connection", "ppk_id")
+
+
+def _flat(peer: Any) -> dict[str, Any]:
+    """The fields the checks read, in a mapping of one level: {"id": .., "tunnel": {..}}."""
+    if not isinstance(peer, dict):
+        return {}
+    tunnel = peer.get("tunnel")
+    return {"id": peer.get("id"), "sae_id": peer.get("sae_id"),
+            "tunnel": {k: tunnel.get(k) for k in _TUNNEL_FIELDS}
+            if isinstance(tunnel, dict) else None}
 
 
 def _interface_dupes(peers: list[tuple[int, Any]]) -> Iterator[tuple[Loc, str]]:

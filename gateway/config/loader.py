@@ -51,6 +51,8 @@ def parse_config(
     files: list[PeerFile] = []
     inline = data.get("peers", ())
     if "peers_dir" in data:
+        if inline is None:  # `peers:` left empty next to peers_dir: no inline peers
+            inline = data["peers"] = ()
         files, found = _peers_dir(data.pop("peers_dir"), located, file, base_dir, context)
         issues.extend(found)
         if files and isinstance(inline, tuple):

@@ -54,20 +54,22 @@ def load_peer_files(directory: Path, context: dict[str, Any]
     files: list[PeerFile] = []
     issues: list[ConfigIssue] = []
     seen: set[tuple[str, str, bool]] = set()
+    prefix = f"{directory}/"
     for name in names:
-        path = directory / name
-        key = (str(path), *key_ctx)
+        text_path = prefix + name  # a Path per file only when it is read: 10,000 per reload
+        key = (text_path, *key_ctx)
         seen.add(key)
         try:
-            stamp = _stamp(path.stat())
+            stamp = _stamp(os.stat(text_path))
         except OSError as exc:
-            issues.append(ConfigIssue(str(path), 0, "", f"cannot read the peer file: "
+            issues.append(ConfigIssue(text_path, 0, "", f"cannot read the peer file: "
                                       f"{exc.strerror or exc}"))
             continue
         cached = _cache.get(key)
         if cached is not None and cached[0] == stamp:
             files.append(cached[1])
             continue
+        path = directory / name
         pf, found = _read(path, context)
         issues.extend(found)
         if pf is None:

@@ -85,3 +85,12 @@ def test_peers_dir_must_be_a_directory(write_config: WriteConfig) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write_config(_with_dir().replace("peers.d", "nowhere.d")))
     assert "gateway.yaml:12:" in str(err.value) and "is not a directory" in str(err.value)
+
+
+def test_an_empty_peers_key_beside_peers_dir_means_no_inline_peers(
+        write_config: WriteConfig, site: Path, peer_identity: str, wg_public_key: str) -> None:
+    """`peers:` written with no value, as a hub's gateway.yaml may have it."""
+    _peer_file(site, "10-x1.yaml", "gw-x1", 51823, peer_identity, wg_public_key)
+    text = BASE[: BASE.index("peers:\n")] + "peers_dir: peers.d\npeers:\n"
+    cfg = load_config(write_config(text))
+    assert [p.id for p in cfg.peers] == ["gw-x1"]
