@@ -13,6 +13,9 @@ Figures (one JSON object on stdout; --save FILE writes it too):
   noop_p50_ms          the same client's round trip to the simulator's GET /api/v1/noop
                        (same TLS connection, same auth prelude), interleaved with the
                        enc_keys calls so that both see the same conditions
+  client_cpu_ms_per_call  this process's CPU per status call, 1 and 100 calls in flight:
+                       KmeClient (over aiohttp) against a plain httpx.AsyncClient making the
+                       same call with the same TLS context (the transport KmeClient had)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -129,6 +133,51 @@ async def _measure(endpoints: dict[str, Any], seconds: float, samples: int) -> d
     }
 
 
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def _cpu_per_call(call: Any, in_flight: int, n: int) -> float:
+    """ms of this process's CPU per call, `in_flight` at a time."""
+    for _ in range(20):
+        await call()
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one() -> None:
+        async with gate:
+            await call()
+
+    t0 = _cpu()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return round((_cpu() - t0) / n * 1e3, 3)
+
+
+async def _client_cpu(endpoints: dict[str, Any], n: int) -> dict[str, Any]:
+    import httpx
+
+    from kms_client._tls import client_ssl_context
+
+    entry = endpoints["saes"]["SAE_M"]
+    kme = endpoints["kmes"][entry["kme"]]
+    ctx = client_ssl_context(Path(kme["ca"]), Path(entry["cert"]), Path(entry["key"]),
+                             kme_id=entry["kme"])
+    out: dict[str, Any] = {}
+    async with _client(endpoints, "SAE_M") as ours, httpx.AsyncClient(
+            base_url=kme["url"], verify=ctx, timeout=10.0,
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16)) as plain:
+        async def via_httpx() -> None:
+            (await plain.get("/api/v1/keys/SAE_S/status")).raise_for_status()
+
+        async def via_ours() -> None:
+            await ours.status("SAE_S")
+
+        for k in (1, 100):
+            out[f"in_flight_{k}"] = {"qsgw": await _cpu_per_call(via_ours, k, n),
+                                     "httpx_baseline": await _cpu_per_call(via_httpx, k, n)}
+    return out
+
+
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -164,6 +213,7 @@ def main() -> int:
         try:
             endpoints = _wait_for(base / "state" / "endpoints.json", proc, 60)
             result = asyncio.run(_measure(endpoints, args.seconds, args.samples))
+            result["client_cpu_ms_per_call"] = asyncio.run(_client_cpu(endpoints, 2000))
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
