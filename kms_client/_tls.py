@@ -185,9 +185,3 @@ def subject_common_name(peercert: dict[str, Any] | None) -> str | None:
             if attr == "commonName":
                 return str(value)
     return None
-
-
-def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
-    if ssl_object is None:
-        return None
-    return subject_common_name(ssl_object.getpeercert())
