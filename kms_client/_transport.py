@@ -83,7 +83,7 @@ class Transport:
             raise TransportTimeout() from None
         except aiohttp.ClientError as exc:
             raise TransportFailure(str(exc)) from exc
-        except (OSError, ssl.SSLError) as exc:  # raised past aiohttp's own wrapping
+        except OSError as exc:  # ssl errors included, raised past aiohttp's own wrapping
             raise TransportFailure(str(exc)) from exc
 
     async def aclose(self) -> None:

@@ -326,7 +326,7 @@ class GatewayDaemon:
                 doc.update(session.status.as_dict(now))
                 chunk.append(doc)
             peers.append(orjson.dumps(chunk, option=orjson.OPT_SORT_KEYS)[1:-1])
-        head["peers"] = orjson.Fragment(b"[" + b",".join(p for p in peers if p) + b"]")
+        head["peers"] = orjson.Fragment(b"[" + b",".join(peers) + b"]")
         return orjson.dumps(head, option=orjson.OPT_SORT_KEYS)
 
     def _status_head(self) -> dict[str, Any]:
