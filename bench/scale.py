@@ -129,7 +129,7 @@ def keyed(doc: dict[str, Any]) -> int:
 def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any]:
     remotes = args.remotes or max(2, math.ceil(args.peers / 2500))
     sl = ScaleLab(lab, workdir, args.peers, remotes, args.rekey, args.lifetime, args.warmup,
-                  peers_dir=not args.single_file)
+                  peers_dir=not args.single_file, pin=args.pin)
     t0 = time.monotonic()
     sl.build()
     build_s = time.monotonic() - t0
@@ -313,6 +313,8 @@ def main() -> int:
     parser.add_argument("--prefix", default="qsgwsc", help="network namespace prefix")
     parser.add_argument("--json", action="store_true", help="print only the JSON")
     parser.add_argument("--save", type=Path, default=None)
+    parser.add_argument("--pin", action="store_true",
+                        help="hub and wireguard-go on CPU 0, simulator and remotes on the rest")
     parser.add_argument("--single-file", action="store_true",
                         help="all peers in gateway.yaml instead of one file each in peers.d")
     parser.add_argument("--keep", type=Path, default=None, help="copy the work dir's logs here")

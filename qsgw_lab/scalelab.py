@@ -72,6 +72,15 @@ class ScaleLab:
     # The hub's peers one file each in peers.d (the layout docs/operations.md advises
     # for hubs: a reload reads only the files that changed), or all in gateway.yaml.
     peers_dir: bool = True
+    # pin: the hub and its wireguard-go on CPU 0, the simulator and the remote sides
+    # on the others, so that the hub's figures are not the load generator's.
+    pin: bool = False
+
+    def _cpus(self, role: str) -> list[str]:
+        n = os.cpu_count() or 1
+        if not self.pin or n < 2:
+            return []
+        return ["taskset", "-c", "0" if role == "hub" else f"1-{n - 1}"]
 
     @property
     def config_path(self) -> Path:
@@ -135,7 +144,8 @@ class ScaleLab:
         topo = self.workdir / "topology.yaml"
         topo.write_text(yaml.dump(self.topology(), Dumper=_Dumper, sort_keys=False))
         log = (self.workdir / "kme-sim.log").open("wb")
-        sim = self.lab.popen(self.ns, [sys.executable, "-m", "gateway.cli", "kme-sim",
+        sim = self.lab.popen(self.ns, [*self._cpus("load"), sys.executable, "-m",
+                                       "gateway.cli", "kme-sim",
                                        "--topology", str(topo), "--state-dir", str(state),
                                        "--base-port", str(KME_BASE_PORT)],
                              stdout=log, stderr=subprocess.STDOUT)
@@ -180,7 +190,8 @@ class ScaleLab:
         import asyncio
 
         log = (self.workdir / "wireguard-go.log").open("wb")
-        self.lab.popen(self.ns, ["env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", self.ifname],
+        self.lab.popen(self.ns, [*self._cpus("hub"), "env", "WG_PROCESS_FOREGROUND=1",
+                                 "wireguard-go", self.ifname],
                        stdout=log, stderr=subprocess.STDOUT)
         client = UapiClient(self.ifname, timeout_s=120.0)
         lines = [f"private_key={secrets.token_hex(32)}"]
@@ -256,8 +267,8 @@ class ScaleLab:
         # QSGW_SCALE_PROFILE=FILE: the hub runs under cProfile (stats written at its exit).
         profile = os.environ.get("QSGW_SCALE_PROFILE")
         prof = ["-m", "cProfile", "-o", profile] if profile else []
-        self.hub = self.lab.popen(self.ns, [sys.executable, *prof, "-m", "gateway.cli", "run",
-                                            "-c", str(self.config_path)],
+        self.hub = self.lab.popen(self.ns, [*self._cpus("hub"), sys.executable, *prof, "-m",
+                                            "gateway.cli", "run", "-c", str(self.config_path)],
                                   stdout=log, stderr=subprocess.STDOUT)
         return self.hub
 
@@ -285,7 +296,8 @@ class ScaleLab:
             path.write_text(json.dumps(spec))
             log = (self.workdir / f"remote{k}.log").open("wb")
             self.remote_procs.append(self.lab.popen(
-                self.ns, [sys.executable, "-m", "qsgw_lab.remote_peers", str(path)],
+                self.ns, [*self._cpus("load"), sys.executable, "-m", "qsgw_lab.remote_peers",
+                          str(path)],
                 stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 60 + self.peers / 200
         for k, proc in enumerate(self.remote_procs):
