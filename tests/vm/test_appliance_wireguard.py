@@ -55,7 +55,8 @@ def _rotations(pair: VmPair, tunnel: Callable[[int, dict[str, str]],
         assert rep["mounts"]["/"].startswith("squashfs ro"), rep["mounts"]
         if vm is a:
             live_from = int(rep["ping"][INNER[1]]["sent"])
-    # epoch -> PSK fingerprint, as each end reported it
+    # epoch -> PSK fingerprint, as each end reported it (a report read across a
+    # rotation carries none: its fingerprints and status would be of two epochs)
     seen: list[dict[int, str]] = [{}, {}]
 
     def collect() -> bool:
