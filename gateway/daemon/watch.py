@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.tunnels.base import TunnelError, TunnelHealth
@@ -31,6 +32,14 @@ LIVENESS_POLL_S = 2.0
 LIVENESS_SAMPLES_PER_S = 1000.0
 # How long the expiry watch sleeps while there is no key to watch.
 EXPIRY_IDLE_S = 5.0
+# The responder installs a key before its DONE goes out, the initiator once DONE
+# arrives. A data-plane handshake the responder started at once would meet the peer
+# still on the last key and fail; wireguard-go counts its answer as a handshake sent,
+# which holds the peer's own (good) one back for REKEY_TIMEOUT, 5 s: with a fast
+# rekey, epoch after epoch. So the initiator prompts the handshake, and the responder
+# only this long after its key, if the tunnel is still not live (an initiator with no
+# endpoint cannot start it).
+RESPONDER_PROMPT_DELAY_S = 1.0
 
 
 class TunnelWatch:
@@ -45,7 +54,10 @@ class TunnelWatch:
     _lock: asyncio.Lock
     _stopping: bool
     _last_failure: str | None
+    _tasks: list[asyncio.Task[None]]
+    initiator: bool
     _tunnel_cause: str | None = None
+    _late_prompt: asyncio.Task[None] | None = None
 
     def _publish(self) -> None:
         raise NotImplementedError
@@ -115,10 +127,38 @@ class TunnelWatch:
         kick = getattr(self.driver, "handshake_now", None)
         if kick is None or self._liveness.verdict.state == LIVE:
             return
+        if not self.initiator:
+            # Later, off the handshake: see RESPONDER_PROMPT_DELAY_S.
+            if self._late_prompt is not None:
+                self._late_prompt.cancel()  # a newer key's prompt replaces it
+            task = asyncio.create_task(self._prompt_later(kick, self.status.installed_mono),
+                                       name=f"prompt:{self.peer.id}")
+            self._late_prompt = task
+            self._tasks.append(task)
+            task.add_done_callback(self._forget_task)
+            return
         try:
             await kick()
         except TunnelError as exc:
             self.log.warning("could not start the data-plane handshake: %s", exc)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:  # stop() may have cleared the list already
+            self._tasks.remove(task)
+
+    async def _prompt_later(self, kick: Callable[[], Awaitable[None]],
+                            key_mono: float | None) -> None:
+        await asyncio.sleep(RESPONDER_PROMPT_DELAY_S)
+        if self._stopping or self._lock.locked() or self.status.installed_mono != key_mono:
+            return  # stopping, or a handshake is on (its key, if any, prompts for itself)
+        try:
+            await self._check_liveness()  # fresh: the initiator's handshake may have come
+            if self._liveness.verdict.state != LIVE:
+                await kick()
+        except TunnelError as exc:
+            self.log.warning("could not start the data-plane handshake: %s", exc)
+        except Exception as exc:  # a task of its own: nothing else would see it
+            self.log.error("data-plane prompt failed: %s: %s", type(exc).__name__, exc)
 
 
     def _liveness_poll_s(self) -> float:
