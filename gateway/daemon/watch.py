@@ -57,7 +57,6 @@ class TunnelWatch:
     _tasks: list[asyncio.Task[None]]
     initiator: bool
     _tunnel_cause: str | None = None
-    _late_prompt: asyncio.Task[None] | None = None
 
     def _publish(self) -> None:
         raise NotImplementedError
@@ -127,16 +126,16 @@ class TunnelWatch:
         kick = getattr(self.driver, "handshake_now", None)
         if kick is None or self._liveness.verdict.state == LIVE:
             return
-        if not self.initiator:
-            # Later, off the handshake: see RESPONDER_PROMPT_DELAY_S.
-            if self._late_prompt is not None:
-                self._late_prompt.cancel()  # a newer key's prompt replaces it
-            task = asyncio.create_task(self._prompt_later(kick, self.status.installed_mono),
-                                       name=f"prompt:{self.peer.id}")
-            self._late_prompt = task
-            self._tasks.append(task)
-            task.add_done_callback(self._forget_task)
+        if self.initiator:
+            await self._kick(kick)
             return
+        # Later, off the handshake: see RESPONDER_PROMPT_DELAY_S.
+        task = asyncio.create_task(self._prompt_later(kick, self.status.installed_mono),
+                                   name=f"prompt:{self.peer.id}")
+        self._tasks.append(task)
+        task.add_done_callback(self._forget_task)
+
+    async def _kick(self, kick: Callable[[], Awaitable[None]]) -> None:
         try:
             await kick()
         except TunnelError as exc:
@@ -150,16 +149,13 @@ class TunnelWatch:
                             key_mono: float | None) -> None:
         await asyncio.sleep(RESPONDER_PROMPT_DELAY_S)
         if self._stopping or self._lock.locked() or self.status.installed_mono != key_mono:
-            return  # stopping, or a handshake is on (its key, if any, prompts for itself)
+            return  # stopping, a handshake is on, or a newer key (which prompts for itself)
         try:
             await self._check_liveness()  # fresh: the initiator's handshake may have come
             if self._liveness.verdict.state != LIVE:
-                await kick()
-        except TunnelError as exc:
-            self.log.warning("could not start the data-plane handshake: %s", exc)
+                await self._kick(kick)
         except Exception as exc:  # a task of its own: nothing else would see it
             self.log.error("data-plane prompt failed: %s: %s", type(exc).__name__, exc)
-
 
     def _liveness_poll_s(self) -> float:
         return max(LIVENESS_POLL_S, self.ctx.peer_count / LIVENESS_SAMPLES_PER_S)
