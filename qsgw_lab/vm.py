@@ -234,9 +234,22 @@ class ApplianceVM:
                 if predicate(rep):
                     return rep
             time.sleep(0.5)
+        raise VmError(f"{self.name}: not {what} within {timeout_s:.0f} s; "
+                      f"{self.diagnosis()}")
+
+    def diagnosis(self) -> str:
+        """What a failed wait shows: the last report's unit states, status and the
+        daemon's journal in full (a fresh root's run directory is gone afterwards),
+        then the serial console's tail."""
         last = self.reports[-1] if self.reports else None
-        raise VmError(f"{self.name}: not {what} within {timeout_s:.0f} s; last report: "
-                      f"{json.dumps(last)[:1500] if last else 'none'}; console {self.console}")
+        if last is None:
+            head = "no report"
+        else:
+            keep = ("uptime_s", "units", "qsgw_unit", "status", "ping")
+            head = "last report: " + json.dumps({k: last.get(k) for k in keep})[:3000]
+            head += "\n--- qsgw journal ---\n" + str(last.get("qsgw_log", ""))
+            head += "\n--- provision ---\n" + str(last.get("console", ""))[-1000:]
+        return f"{head}\n--- console {self.console} (tail) ---\n{self.console_text()[-2000:]}"
 
     def console_text(self) -> str:
         try:

@@ -53,6 +53,8 @@ def _rotations(pair: VmPair, tunnel: Callable[[int, dict[str, str]],
     for vm in pair.vms:
         rep = vm.wait_report(_ready, BOOT_S, "READY with a keyed, live tunnel")
         assert rep["mounts"]["/"].startswith("squashfs ro"), rep["mounts"]
+        # READY on its first start: not a start systemd timed out and restarted
+        assert "NRestarts=0" in rep["qsgw_unit"], rep["qsgw_unit"]
         if vm is a:
             live_from = int(rep["ping"][INNER[1]]["sent"])
     # epoch -> PSK fingerprint, as each end reported it (a report read across a
