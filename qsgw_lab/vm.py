@@ -239,7 +239,7 @@ class ApplianceVM:
 
     def diagnosis(self) -> str:
         """What a failed wait shows: the last report's unit states, status and the
-        daemon's journal in full (a fresh root's run directory is gone afterwards),
+        daemon's last 30 journal lines (a fresh root's run directory is gone after),
         then the serial console's tail."""
         last = self.reports[-1] if self.reports else None
         if last is None:
