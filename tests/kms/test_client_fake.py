@@ -324,6 +324,19 @@ async def test_connection_is_reused(fake_kme_factory: Factory, pki: dict[str, An
     assert len({s.peer_port for s in fake.seen}) == 1
 
 
+async def test_drop_connections_closes_and_the_client_goes_on(
+        fake_kme_factory: Factory, pki: dict[str, Any]) -> None:
+    """An SAE that calls minutes apart drops its connection after each call: the
+    next call opens a new one (a new client port), and the client still works."""
+    fake = await fake_kme_factory(echo_keys())
+    async with make_client(pki, [fake.url]) as client:
+        for _ in range(3):
+            got = await client.enc_keys("SAE_B")
+            assert len(got.keys) == 1
+            await client.drop_connections()
+    assert len({s.peer_port for s in fake.seen}) == 3
+
+
 async def test_request_forms_on_the_wire(fake_kme_factory: Factory, pki: dict[str, Any]) -> None:
     fake = await fake_kme_factory(echo_keys(nbytes=33))
     ext_m = [{"abc_route": "direct"}]
