@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,12 @@ CHECK_HEX = 8  # 32 bits: a random typo passes once in four billion
 ED25519_FILE = "ed25519.key"
 MLDSA65_FILE = "mldsa65.key"
 PUBLIC_FILE = "identity.pub"
+# Signatures that verified lately, as digests: an INIT is checked at admission (before
+# it may cost the session anything) and again by the responder machine, which must not
+# trust its caller. Only a success is remembered, and only for the exact keys, context,
+# message and signatures, so the memo can spare a repeat but never pass a forgery.
+_VERIFIED_MAX = 4096
+_verified: OrderedDict[bytes, None] = OrderedDict()
 
 
 class IdentityError(Exception):
@@ -102,6 +109,24 @@ class PublicIdentity:
             return cls(ed25519=ed, mldsa65=ml)
         except IdentityError as exc:
             raise IdentityError(f"{exc} (mistyped or cut? paste it again)") from None
+
+    def verify(self, message: bytes, sig_ed25519: bytes, sig_mldsa: bytes,
+               context: bytes) -> bool:
+        """Both signatures over ``message`` verify (Ed25519 first: the cheaper check
+        refuses most forgeries)."""
+        digest = hashlib.sha256(b"".join(
+            len(part).to_bytes(4, "big") + part
+            for part in (self.ed25519, self.mldsa65, context, message, sig_ed25519, sig_mldsa)
+        )).digest()
+        if digest in _verified:
+            return True
+        if not (ED25519.verify(self.ed25519, sig_ed25519, message, context)
+                and ML_DSA_65.verify(self.mldsa65, sig_mldsa, message, context)):
+            return False
+        _verified[digest] = None
+        if len(_verified) > _VERIFIED_MAX:
+            _verified.popitem(last=False)
+        return True
 
     def fingerprint(self) -> str:
         """A short, stable fingerprint for logs and for comparing by eye."""

@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.crypto.builtin import ED25519, ML_DSA_65
 from gateway.handshake import transcript
 from gateway.handshake.messages import Init
 from gateway.identity import PublicIdentity
@@ -131,9 +130,8 @@ class InitAdmission:
             if len(self._identities) > 65536:  # texts of peers long removed (reloads)
                 self._identities.clear()
             ident = self._identities[identity_text] = PublicIdentity.from_text(identity_text)
-        message, context = init.signed_part, transcript.SIG_CONTEXT_INIT
-        return ED25519.verify(ident.ed25519, init.sig_ed25519, message, context) \
-            and ML_DSA_65.verify(ident.mldsa65, init.sig_mldsa, message, context)
+        return ident.verify(init.signed_part, init.sig_ed25519, init.sig_mldsa,
+                            transcript.SIG_CONTEXT_INIT)
 
 
 class FloodMonitor:

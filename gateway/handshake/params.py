@@ -7,7 +7,6 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.crypto.builtin import ED25519, ML_DSA_65
 from gateway.crypto.combiner import QKD_KEY_MAX, QKD_KEY_MIN
 from gateway.crypto.memory import wipe
 from gateway.crypto.providers import KemKeyPair
@@ -84,11 +83,7 @@ class MachineBase:
         """Drop secrets; overridden by the roles."""
 
     def _verify(self, message: bytes, sig_ed: bytes, sig_ml: bytes, context: bytes) -> bool:
-        peer = self.params.peer_identity
-        # Ed25519 first: it is the cheaper check and refuses most forgeries.
-        return ED25519.verify(peer.ed25519, sig_ed, message, context) and ML_DSA_65.verify(
-            peer.mldsa65, sig_ml, message, context
-        )
+        return self.params.peer_identity.verify(message, sig_ed, sig_ml, context)
 
     def _fresh(self, timestamp_ms: int, now: float) -> bool:
         return abs(timestamp_ms / 1000.0 - now) <= self.params.timestamp_window_s

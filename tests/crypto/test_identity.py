@@ -146,3 +146,28 @@ def test_keygen_static_kem_refuses_a_non_static_kem_before_making_anything(
     err = capsys.readouterr().err
     assert "not a static KEM" in err and "Classic-McEliece-460896f" in err
     assert not (tmp_path / "id").exists()
+
+
+def test_verify_remembers_successes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An INIT is verified at admission and again by the responder: the repeat is
+    answered from the memo, and no changed part (message, context, either signature,
+    another identity's keys) passes because a neighbour verified."""
+    from gateway.crypto import builtin
+
+    me, other = LocalIdentity.generate(), LocalIdentity.generate()
+    msg, ctx = b"INIT signed part", b"qsgw init"
+    sig_ed, sig_ml = me.sign(msg, ctx)
+    calls = []
+    real = builtin.ML_DSA_65.verify
+    monkeypatch.setattr(builtin.ML_DSA_65, "verify",
+                        lambda *a: calls.append(1) or real(*a))
+    assert me.public.verify(msg, sig_ed, sig_ml, ctx)
+    assert me.public.verify(msg, sig_ed, sig_ml, ctx)
+    assert len(calls) == 1  # the second answer came from the memo
+    other_ed, other_ml = other.sign(msg, ctx)
+    assert not me.public.verify(msg + b"!", sig_ed, sig_ml, ctx)
+    assert not me.public.verify(msg, sig_ed, sig_ml, b"qsgw resp")
+    assert not me.public.verify(msg, other_ed, sig_ml, ctx)
+    assert not me.public.verify(msg, sig_ed, other_ml, ctx)
+    assert not other.public.verify(msg, sig_ed, sig_ml, ctx)
+    assert not me.public.verify(msg, sig_ed, bytes(len(sig_ml)), ctx)
