@@ -44,7 +44,7 @@ from kms_client._models import (
     dump_json,
     is_uuid,
 )
-from kms_client._tls import TlsOptions, client_ssl_context
+from kms_client._tls import TlsOptions, client_ssl_context, handshake_counts
 from kms_client._tls_triage import SERVER_CERT_KINDS, Where, describe, triage
 from kms_client._transport import (
     BodyTooLarge,
@@ -171,6 +171,12 @@ class KmeClient:
     @property
     def endpoints(self) -> tuple[KmeEndpoint, ...]:
         return self._endpoints
+
+    @property
+    def tls_handshakes(self) -> dict[str, int]:
+        """TLS handshakes with the KMEs so far: full, and resumed from a session ticket."""
+        counts = [handshake_counts(w.context) for w in self._where]
+        return {"full": sum(c[0] for c in counts), "resumed": sum(c[1] for c in counts)}
 
     async def __aenter__(self) -> KmeClient:
         return self

@@ -8,24 +8,37 @@ the KME ID as the certificate's subject CN, plus one of
 - ``kme-id``: no hostname match (certificates whose only identity is the CN);
 - ``cert-sha256`` / ``spki-sha256``: the SHA-256 of the certificate (DER) or of its
   SubjectPublicKeyInfo equals the configured pin (no hostname match).
+
+A new connection resumes the endpoint's last TLS session (a session ticket) while the
+certificate it was verified from is younger than ``RESUME_MAX_AGE_S``: an SAE that
+calls minutes apart pays a quarter of a full handshake's CPU, and so does the KME.
+The pin is checked on a resumed connection as on a full one (the session keeps the
+certificate), and after that age the chain is verified afresh.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from kms_client._errors import KmeInvalidArgument
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
 Verify = Literal["hostname", "kme-id", "cert-sha256", "spki-sha256"]
 VERIFY_MODES: tuple[str, ...] = ("hostname", "kme-id", "cert-sha256", "spki-sha256")
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# How long a KME certificate, once verified in a full handshake, is trusted through
+# resumed sessions: a replaced or revoked certificate is checked again within this.
+RESUME_MAX_AGE_S = 600.0
 
 
 def normalise_sha256(value: str) -> str:
@@ -109,18 +122,68 @@ def pin_problem(kme_id: str, options: TlsOptions, peercert: dict[str, Any] | Non
     return None
 
 
+class SessionCache:
+    """One endpoint's latest TLS session, and how its handshakes went."""
+
+    __slots__ = ("full", "resumed", "session", "verified_at")
+
+    def __init__(self) -> None:
+        self.session: ssl.SSLSession | None = None
+        self.verified_at = 0.0  # when the certificate behind `session` was verified
+        self.full = 0
+        self.resumed = 0
+
+
 class _PinnedSSLObject(ssl.SSLObject):
-    """Checks the pin as soon as the handshake is done, before any request is written."""
+    """Checks the pin as soon as the handshake is done, before any request is written;
+    offers the endpoint's last session, and keeps the ticket the KME sends back."""
 
     _kme_id = ""
     _options = TlsOptions()
+    _cache = SessionCache()  # replaced per context
+    _offered_at: float | None = None
+    _verified_at: float | None = None
 
     def do_handshake(self) -> None:
+        cache = self._cache
+        if self._offered_at is None:  # the first call: nothing is on the wire yet
+            self._offered_at = 0.0
+            if cache.session is not None \
+                    and time.monotonic() - cache.verified_at < RESUME_MAX_AGE_S:
+                try:
+                    self.session = cache.session
+                    self._offered_at = cache.verified_at
+                except (ValueError, ssl.SSLError):
+                    cache.session = None
         super().do_handshake()
         problem = pin_problem(self._kme_id, self._options, self.getpeercert(),
                               self.getpeercert(binary_form=True))
         if problem is not None:
+            cache.session = None
             raise KmePinError(problem)
+        if self.session_reused:
+            cache.resumed += 1
+            self._verified_at = self._offered_at
+        else:
+            cache.full += 1
+            self._verified_at = time.monotonic()
+
+    def read(self, len: int = 1024, buffer: WriteableBuffer | None = None) -> bytes:
+        data = super().read(len, buffer)
+        if self._verified_at is not None:
+            # TLS 1.3 sends its ticket after the handshake: it is here once data came.
+            session = self.session
+            if session is not None and session.has_ticket:
+                self._cache.session, self._cache.verified_at = session, self._verified_at
+                self._verified_at = None
+        return data
+
+
+def handshake_counts(ctx: ssl.SSLContext) -> tuple[int, int]:
+    """(full, resumed) TLS handshakes made with a context from ``client_ssl_context``."""
+    cls = ctx.sslobject_class
+    cache = getattr(cls, "_cache", None)
+    return (cache.full, cache.resumed) if isinstance(cache, SessionCache) else (0, 0)
 
 
 def client_ssl_context(
@@ -163,8 +226,8 @@ def client_ssl_context(
         ) from None
     if kme_id is not None:
         ctx.sslobject_class = type(
-            "_PinnedSSLObjectFor", (_PinnedSSLObject,), {"_kme_id": kme_id, "_options": opts}
-        )
+            "_PinnedSSLObjectFor", (_PinnedSSLObject,),
+            {"_kme_id": kme_id, "_options": opts, "_cache": SessionCache()})
     return ctx
 
 

@@ -16,6 +16,7 @@ def server_ssl(pki: Pki, kme_id: str) -> ssl.SSLContext:
     ctx.load_verify_locations(cafile=str(pki.ca_cert))
     pair = pki.kmes[kme_id]
     ctx.load_cert_chain(str(pair.cert), str(pair.key))
+    ctx.num_tickets = 1  # a client resumes from its latest ticket; a second is never used
     return ctx
 
 

@@ -242,6 +242,39 @@ async def test_kme_from_another_ca(sim: Simulator, tmp_path: Path) -> None:
             await client.status("SAE_B")
 
 
+async def test_a_new_connection_resumes_the_tls_session_and_keeps_the_identity(
+    clients: ClientFactory,
+) -> None:
+    """An SAE that drops its connection between calls resumes its TLS session on the
+    next (a quarter of the CPU of a full handshake); the KME still knows who calls:
+    the keys SAE_A fetched reach SAE_B only, over resumed sessions on both sides."""
+    master, slave = clients("SAE_A"), clients("SAE_B")
+    for _ in range(3):
+        enc = await master.enc_keys("SAE_B", number=1)
+        await master.drop_connections()
+        dec = await slave.dec_keys("SAE_A", list(enc.key_ids))
+        await slave.drop_connections()
+        assert dec.keys[0].key == enc.keys[0].key
+        with pytest.raises(KmeKeyNotFound):  # SAE_A is not the slave of its own keys
+            await master.dec_keys("SAE_A", list(enc.key_ids))
+        await master.drop_connections()
+    assert master.tls_handshakes == {"full": 1, "resumed": 5}
+    assert slave.tls_handshakes == {"full": 1, "resumed": 2}
+
+
+async def test_an_old_session_is_not_resumed(clients: ClientFactory,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past RESUME_MAX_AGE_S the KME certificate is verified afresh: a full handshake."""
+    from kms_client import _tls
+
+    monkeypatch.setattr(_tls, "RESUME_MAX_AGE_S", 0.0)
+    master = clients("SAE_A")
+    for _ in range(3):
+        await master.status("SAE_B")
+        await master.drop_connections()
+    assert master.tls_handshakes == {"full": 3, "resumed": 0}
+
+
 # ------------------------------------------------------------------ faults
 
 
