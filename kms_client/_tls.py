@@ -11,7 +11,7 @@ the KME ID as the certificate's subject CN, plus one of
 
 A new connection resumes the endpoint's last TLS session (a session ticket) while the
 certificate it was verified from is younger than ``RESUME_MAX_AGE_S``: an SAE that
-calls minutes apart pays a quarter of a full handshake's CPU, and so does the KME.
+calls minutes apart pays a quarter of a full handshake's CPU, and the KME under half.
 The pin is checked on a resumed connection as on a full one (the session keeps the
 certificate), and after that age the chain is verified afresh.
 """
