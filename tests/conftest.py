@@ -1,8 +1,12 @@
-"""Suite-wide settings: hypothesis profiles and the root/namespace gate."""
+"""Suite-wide settings: hypothesis profiles, and SIGTERM unwinding like Ctrl-C."""
 
 from __future__ import annotations
 
 import os
+import signal
+from types import FrameType
+
+import pytest
 
 from hypothesis import HealthCheck, settings
 
@@ -16,3 +20,19 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("QSGW_HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run ended with SIGTERM (a CI timeout, `timeout`, `kill`) unwinds like Ctrl-C:
+    pytest tears the fixtures down and the labs remove their namespaces and processes.
+    Without this, SIGTERM ends pytest where it stands and leaves them behind."""
+    main_pid = os.getpid()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        # pyroute2 forks helpers that inherit this handler and are ended with
+        # SIGTERM: only the main process unwinds, or a fork would run our cleanup.
+        if os.getpid() != main_pid:
+            os._exit(0)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
