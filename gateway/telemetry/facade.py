@@ -233,7 +233,7 @@ class Telemetry:
         origins = key_origins(list(qkd_key_ids), qkd_key_extensions)
         if self.metrics is not None:
             self.metrics.epochs.labels(peer_id, "made", sources_label(src)).inc()
-            self.metrics.epoch_duration.labels(peer_id).observe(duration_s)
+            self.metrics.epoch_duration.observe(duration_s)
             self.metrics.peer_epoch.labels(peer_id).set(epoch)
             self.metrics.set_key_age(peer_id, 0.0)
         self._event(

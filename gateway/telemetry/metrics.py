@@ -2,20 +2,32 @@
 
 Updates are in-memory counter bumps (cheap, thread-safe); the HTTP server
 runs in prometheus-client's own thread, so a scrape never touches the loop.
+
+A scrape's cost grows with its series, and a hub has thousands of peers: each
+peer has a few series and no more (the epoch-duration histogram is the gateway's,
+not the peer's; the policy state is one series, its label the current state; no
+`_created` series), so that a 15 s scrape interval does not cost the gateway
+its handshakes (see docs/benchmarks.md, scale).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 
-POLICY_STATES = ("ok", "degraded", "stale", "pending", "down", "blocked", "starting",
-                 "standby")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -32,6 +44,7 @@ def sources_label(sources: Sequence[str]) -> str:
 class Metrics:
     def __init__(self, settings: MetricsSettings | None = None) -> None:
         self.settings = settings or MetricsSettings()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # a `_created` per child
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.epochs = Counter(
@@ -48,8 +61,7 @@ class Metrics:
         )
         self.epoch_duration = Histogram(
             "qsgw_epoch_duration_seconds",
-            "Time to make an epoch key",
-            ["peer"],
+            "Time to make an epoch key (all peers)",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -103,7 +115,7 @@ class Metrics:
         )
         self.policy_state = Gauge(
             "qsgw_peer_policy_state",
-            "1 for the peer's current policy state",
+            "1, with the peer's current policy state as the state label",
             ["peer", "state"],
             registry=r,
         )
@@ -147,6 +159,7 @@ class Metrics:
             registry=r,
         )
         self._installed_at: dict[str, float] = {}
+        self._policy: dict[str, str] = {}  # peer -> the state its one series shows
         self._lock = threading.Lock()
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -168,8 +181,15 @@ class Metrics:
         return 0.0 if t is None else max(0.0, time.monotonic() - t)
 
     def set_policy_state(self, peer: str, state: str) -> None:
-        for s in POLICY_STATES:
-            self.policy_state.labels(peer, s).set(1.0 if s == state else 0.0)
+        with self._lock:
+            old = self._policy.get(peer)
+            if old == state:
+                return
+            self._policy[peer] = state
+        if old is not None:
+            with contextlib.suppress(KeyError):
+                self.policy_state.remove(peer, old)
+        self.policy_state.labels(peer, state).set(1.0)
 
     def set_alarm(self, alarm: str, subject: str, active: bool, total_active: int) -> None:
         self.alarm_active.labels(alarm, subject).set(1.0 if active else 0.0)

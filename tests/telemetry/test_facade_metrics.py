@@ -209,3 +209,20 @@ def test_unknown_alarm_name_is_refused_without_raising() -> None:
     t = Telemetry("gw")
     t.alarm("no_such_alarm", "x", True)
     assert t.internal_errors == 1 and t.alarms.active() == []
+
+
+async def test_a_peer_has_one_policy_series_and_no_histogram_of_its_own(tel: Telemetry) -> None:
+    """A hub scrapes in proportion to its series: the policy state is one series per
+    peer that follows the state, and epoch durations are the gateway's histogram."""
+    assert tel.metrics is not None and tel.metrics.port is not None
+    for state in ("starting", "ok", "down", "ok"):
+        tel.peer_state("lyon", epoch=1, key_age_s=0.0, sources=["qkd"], policy_state=state,
+                       last_error=None)
+    tel.epoch_made("lyon", 1, "default", ["qkd"], ["k-9"], 0.02, False)
+    m = await scrape(tel.metrics.port)
+    states = {dict(labels)["state"]: v for (name, labels), v in m.items()
+              if name == "qsgw_peer_policy_state" and dict(labels).get("peer") == "lyon"}
+    assert states == {"ok": 1.0}
+    durations = [labels for name, labels in m if name.startswith("qsgw_epoch_duration_seconds")]
+    assert durations and all("peer" not in dict(labels) for labels in durations)
+    assert not [name for name, _ in m if name.endswith("_created")]
