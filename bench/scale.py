@@ -24,6 +24,7 @@ figures the hub's work scales from (a UAPI get of the interface).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -50,8 +51,10 @@ TARGETS = {"gateway_cpu_percent": 50.0, "gateway_rss_mb": 1024.0, "handshake_p99
            "failures": 0, "status_query_ms": 1000.0, "config_load_s": 5.0,
            "sighup_one_peer_s": 1.0}
 
-SCRAPE = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
-          f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=60).read().decode())")
+# A scrape, as Prometheus makes it; its first line is how long it took (ms).
+SCRAPE = ("import sys, time, urllib.request; t = time.perf_counter(); body = "
+          f"urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=60)"
+          ".read().decode(); print((time.perf_counter() - t) * 1e3); sys.stdout.write(body)")
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -66,6 +69,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def others_cpu(sl: ScaleLab) -> dict[str, float]:
+    """CPU seconds so far of the processes beside the hub (the load and its tunnel)."""
+    procs = {"remote_peers": sl.remote_procs, "kme_sim": [sl.sim_proc],
+             "wireguard_go": [sl.wg_proc]}
+    out: dict[str, float] = {}
+    for name, group in procs.items():
+        total = 0.0
+        for proc in group:
+            if proc is not None:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += cpu_seconds(proc.pid)
+        out[name] = total
+    return out
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -73,10 +98,14 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def kme_calls(sl: ScaleLab) -> float:
-    """The hub's KME calls so far (its metrics: every call is timed)."""
+def kme_calls(sl: ScaleLab, scrapes: list[tuple[float, int]] | None = None) -> float:
+    """The hub's KME calls so far (its metrics: every call is timed). `scrapes` gets
+    (how long the scrape took in ms, its series)."""
     out = sl.lab.run(sl.ns, [sys.executable, "-c", SCRAPE], timeout=120, check=True).stdout
-    text = out if isinstance(out, str) else out.decode()
+    took, _, text = (out if isinstance(out, str) else out.decode()).partition("\n")
+    if scrapes is not None:
+        scrapes.append((float(took), sum(1 for line in text.splitlines()
+                                          if line and not line.startswith("#"))))
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("qsgw_kme_call_duration_seconds_count"))
 
@@ -158,14 +187,17 @@ def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any
     warmup_s = time.monotonic() - started
     keyed_after_warmup = keyed(doc)
     # The measured window.
-    calls0, calls_t0 = kme_calls(sl), time.monotonic()
+    scrapes: list[tuple[float, int]] = []
+    calls0, calls_t0 = kme_calls(sl, scrapes), time.monotonic()
     cpu0, wall0, unix0 = cpu_seconds(hub.pid), time.monotonic(), time.time()
+    others0, busy0 = others_cpu(sl), machine_busy_s()
     rss = [rss_mb(hub.pid)]
     while time.monotonic() - wall0 < args.seconds:
         time.sleep(2)
         rss.append(rss_mb(hub.pid))
     cpu1, wall1, unix1 = cpu_seconds(hub.pid), time.monotonic(), time.time()
-    calls1, calls_t1 = kme_calls(sl), time.monotonic()
+    others1, busy1 = others_cpu(sl), machine_busy_s()
+    calls1, calls_t1 = kme_calls(sl, scrapes), time.monotonic()
     window = wall1 - wall0
     # Status with N peers, as an operator asks for it.
     status_ms = []
@@ -244,11 +276,22 @@ def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any
         "status_query_ms": round(statistics.median(status_ms), 1),
         "config_load_s": round(config_load_s, 3),
         "sighup_one_peer_s": None if reload is None else reload["reload_s"],
+        # A Prometheus scrape of the hub (two, at the window's ends): time and series.
+        "metrics_scrape_ms": round(max(t for t, _ in scrapes), 1),
+        "metrics_series": scrapes[-1][1],
         "run": {
             "measured_s": round(window, 1), "warmup_s": round(warmup_s, 1),
             "build_s": round(build_s, 1), "rekey_interval_s": args.rekey,
             "remote_processes": remotes, "cpus": os.cpu_count(),
             "loadavg_at_end": os.getloadavg()[0],
+            # Where the machine's CPU went over the window, in % of one core: on a
+            # 2-core machine the load generator and the simulator share it with the hub.
+            "cpu_percent": {
+                "hub": round((cpu1 - cpu0) / window * 100, 1),
+                **{k: round((others1[k] - others0[k]) / window * 100, 1) for k in others1},
+                "machine": round((busy1 - busy0) / window * 100, 1),
+                "machine_capacity": 100 * (os.cpu_count() or 1),
+            },
         },
         "checks": {
             "peers_keyed_after_warmup": keyed_after_warmup,

@@ -66,6 +66,8 @@ class ScaleLab:
     peer_docs: list[dict[str, Any]] = field(default_factory=list)
     hub: subprocess.Popen[bytes] | None = None
     remote_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    sim_proc: subprocess.Popen[bytes] | None = None
+    wg_proc: subprocess.Popen[bytes] | None = None
     figures: dict[str, float] = field(default_factory=dict)
     remote_errors: dict[str, int] = field(default_factory=dict)
     remote_cut: dict[str, int] = field(default_factory=dict)  # handshakes cut by the stop
@@ -149,6 +151,7 @@ class ScaleLab:
                                        "--topology", str(topo), "--state-dir", str(state),
                                        "--base-port", str(KME_BASE_PORT)],
                              stdout=log, stderr=subprocess.STDOUT)
+        self.sim_proc = sim
         endpoints = state / "endpoints.json"
         deadline = time.monotonic() + 60 + self.peers / 100  # the PKI: a certificate per SAE
         while not endpoints.exists():
@@ -190,9 +193,10 @@ class ScaleLab:
         import asyncio
 
         log = (self.workdir / "wireguard-go.log").open("wb")
-        self.lab.popen(self.ns, [*self._cpus("hub"), "env", "WG_PROCESS_FOREGROUND=1",
-                                 "wireguard-go", self.ifname],
-                       stdout=log, stderr=subprocess.STDOUT)
+        self.wg_proc = self.lab.popen(self.ns, [*self._cpus("hub"), "env",
+                                                "WG_PROCESS_FOREGROUND=1", "wireguard-go",
+                                                self.ifname],
+                                      stdout=log, stderr=subprocess.STDOUT)
         client = UapiClient(self.ifname, timeout_s=120.0)
         lines = [f"private_key={secrets.token_hex(32)}"]
         for i in range(self.peers):
