@@ -171,11 +171,12 @@ class _PinnedSSLObject(ssl.SSLObject):
     def read(self, len: int = 1024, buffer: WriteableBuffer | None = None) -> bytes:
         data = super().read(len, buffer)
         if self._verified_at is not None:
-            # TLS 1.3 sends its ticket after the handshake: it is here once data came.
+            # TLS 1.3 sends its ticket right after the handshake, so it has come by the
+            # first data; asked once (Python copies the session on each ask).
             session = self.session
             if session is not None and session.has_ticket:
                 self._cache.session, self._cache.verified_at = session, self._verified_at
-                self._verified_at = None
+            self._verified_at = None
         return data
 
 
