@@ -7,7 +7,6 @@ import signal
 from types import FrameType
 
 import pytest
-
 from hypothesis import HealthCheck, settings
 
 # `make test` runs the default profile; `make test-slow` (QSGW_HYPOTHESIS_PROFILE=slow)
