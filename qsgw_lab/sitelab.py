@@ -28,6 +28,7 @@ import yaml
 from gateway.daemon.status import read_status
 from gateway.identity import PREFIX
 from qsgw_lab.netns import LabBusy, NetnsError, NetnsLab, PrefixLock
+from qsgw_lab.sigterm import unwind_on_sigterm
 
 KME_NS = "kme"
 KME_ADDRESS = "198.51.100.250"
@@ -87,16 +88,7 @@ def start_demo(prefix: str) -> PrefixLock | None:
     """What a demo does before building its lab: SIGTERM (a CI timeout, `kill`)
     unwinds like Ctrl-C, so the lab is removed; then the prefix's lock (None, with
     the reason on stderr, if another demo holds it)."""
-    main_pid = os.getpid()
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        # pyroute2 forks helpers that inherit this handler and are ended with
-        # SIGTERM: only the main process unwinds, or a fork would run our cleanup.
-        if os.getpid() != main_pid:
-            os._exit(0)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    unwind_on_sigterm()
     try:
         return PrefixLock(prefix)
     except LabBusy as exc:

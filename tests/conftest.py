@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
-from types import FrameType
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from qsgw_lab.sigterm import unwind_on_sigterm
 
 # `make test` runs the default profile; `make test-slow` (QSGW_HYPOTHESIS_PROFILE=slow)
 # is the long fuzzing mode (>= 100,000 examples for the decoders).
@@ -25,13 +25,4 @@ def pytest_configure(config: pytest.Config) -> None:
     """A run ended with SIGTERM (a CI timeout, `timeout`, `kill`) unwinds like Ctrl-C:
     pytest tears the fixtures down and the labs remove their namespaces and processes.
     Without this, SIGTERM ends pytest where it stands and leaves them behind."""
-    main_pid = os.getpid()
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        # pyroute2 forks helpers that inherit this handler and are ended with
-        # SIGTERM: only the main process unwinds, or a fork would run our cleanup.
-        if os.getpid() != main_pid:
-            os._exit(0)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    unwind_on_sigterm()
