@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.crypto.builtin import ED25519, ML_DSA_65
+from gateway.crypto.mldsa_oqs import OqsMlDsa65Signer
 from gateway.crypto.providers import ProviderError
 from gateway.fsguard import FileSafetyError, read_secret
 
@@ -143,6 +144,10 @@ class LocalIdentity:
 
     ed25519_private: object = field(repr=False)
     mldsa65_private: object = field(repr=False)
+    # The liboqs signer for the ML-DSA-65 seed, made at the first signature; False:
+    # OpenSSL signs (no liboqs).
+    _mldsa_fast: OqsMlDsa65Signer | bool | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def generate(cls) -> LocalIdentity:
@@ -157,10 +162,21 @@ class LocalIdentity:
 
     def sign(self, message: bytes, context: bytes) -> tuple[bytes, bytes]:
         """(Ed25519 signature, ML-DSA-65 signature) over ``message``."""
+        fast = self._mldsa_fast
+        if fast is None:
+            fast = self._make_fast_signer()
         return (
             ED25519.sign(self.ed25519_private, message, context),
-            ML_DSA_65.sign(self.mldsa65_private, message, context),
+            fast.sign(message, context) if isinstance(fast, OqsMlDsa65Signer)
+            else ML_DSA_65.sign(self.mldsa65_private, message, context),
         )
+
+    def _make_fast_signer(self) -> OqsMlDsa65Signer | bool:
+        signer = OqsMlDsa65Signer.from_seed(ML_DSA_65.private_bytes(self.mldsa65_private),
+                                            ML_DSA_65.public_bytes(self.mldsa65_private))
+        fast: OqsMlDsa65Signer | bool = signer if signer is not None else False
+        object.__setattr__(self, "_mldsa_fast", fast)  # frozen: a cache, not state
+        return fast
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> LocalIdentity:

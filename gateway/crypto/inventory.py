@@ -11,6 +11,7 @@ import ssl
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
+from gateway.crypto import mldsa_oqs
 from gateway.crypto.suites import SUITE_NAMES, SuiteError, lookup_suite
 
 # Where each algorithm stands (as of 2025). BSI TR-02102-1 (2025-01) recommends
@@ -99,6 +100,9 @@ def liboqs_versions() -> dict[str, str]:
 def _provider_of(obj: object, versions: dict[str, str]) -> tuple[str, str]:
     if type(obj).__module__.endswith("oqs_provider"):
         return "liboqs", versions.get("liboqs", "?")
+    if getattr(obj, "name", None) == mldsa_oqs.NAME and mldsa_oqs.available():
+        # The identity signs and verifies through liboqs; its keys are OpenSSL's.
+        return "liboqs", f"{versions.get('liboqs', '?')} (mldsa-native; key from the seed)"
     return "cryptography", (
         f"{versions['cryptography']} ({versions['openssl (cryptography)']})"
     )

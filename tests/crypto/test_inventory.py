@@ -19,6 +19,9 @@ def test_every_suite_and_algorithm_is_listed_with_provider_and_status() -> None:
     assert by[("default", "ML-KEM-768")].provider == "cryptography"
     assert "FIPS 203" in by[("default", "ML-KEM-768")].status
     assert "FIPS 204" in by[("default", "ML-DSA-65")].status
+    # The identity's ML-DSA-65 signs through liboqs (mldsa_oqs), and says so.
+    mldsa_row = by[("default", "ML-DSA-65")]
+    assert mldsa_row.provider == "liboqs" and "mldsa-native" in mldsa_row.provider_version
     frodo = by[("frodo1344shake", "FrodoKEM-1344-SHAKE")]
     assert (frodo.provider, frodo.provider_version) == ("liboqs", "0.16.0")
     assert "ISO" in frodo.status and "BSI TR-02102-1 recommended" in frodo.status
