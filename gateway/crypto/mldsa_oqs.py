@@ -16,6 +16,7 @@ seed; any doubt (no liboqs, no symbol, another key) leaves OpenSSL signing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import threading
@@ -102,10 +103,9 @@ class OqsMlDsa65Signer:
                 self._sig = None
 
     def __del__(self) -> None:
-        try:
+        # At interpreter exit, ctypes may already be torn down.
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # at interpreter exit, ctypes may already be torn down
-            pass
 
 
 @lru_cache(maxsize=1)
