@@ -311,6 +311,8 @@ def run(args: argparse.Namespace, workdir: Path, lab: NetnsLab) -> dict[str, Any
         },
         "parts": {
             "status_socket_ms": round(status_socket_ms, 1),
+            # The hub's event-loop lag over the window's last minute (daemon.looplag).
+            "hub_loop_lag_last_minute": final.get("loop_lag"),
             "uapi_set_all_peers_s": round(sl.figures["uapi_set_all_peers_s"], 3),
             "uapi_get_all_peers_ms": round(sl.figures["uapi_get_all_peers_ms"], 1),
             "status_doc_bytes": len(out.stdout),

@@ -44,6 +44,7 @@ from .ha import HaRole, JournalWatch, SharedJournal
 from .ha_session import HaPeerSession
 from .journal_setup import check_journal_at_start, open_journal
 from .keysupply import KeySupply
+from .looplag import LoopLag
 from .ratelog import RateLimitedLog, loop_error_handler
 from .sdnotify import SystemdNotifier
 from .session import PeerSession
@@ -89,6 +90,7 @@ class GatewayDaemon:
         self._background: list[asyncio.Task[None]] = []
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
+        self.loop_lag: LoopLag | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -157,6 +159,8 @@ class GatewayDaemon:
             await self._add_peer(peer)
         self._status = StatusServer(Path(cfg.gateway.status_socket), self.status_document)
         await self._status.start()
+        self.loop_lag = LoopLag(on_sample=telemetry.loop_lag)
+        self._background.append(asyncio.create_task(self.loop_lag.run()))
         self._background.append(asyncio.create_task(self._pool_watch()))
         self._background.append(asyncio.create_task(self._journal_watch.run()))
         if self.role is not None:
@@ -337,6 +341,7 @@ class GatewayDaemon:
             "control_refused": self._control.refused.as_dict() if self._control else {},
             "control_connections": len(self._control.conns) if self._control else 0,
             "control_flood": bool(self._control and self._control.flooded),
+            "loop_lag": self.loop_lag.as_dict() if self.loop_lag is not None else None,
             "journal_lost": getattr(self._journal, "lost", None),
             "journal": self._journal_watch.as_dict() if self._journal_watch else None,
             "role": self.role.role if self.role is not None else "single",

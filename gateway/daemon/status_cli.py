@@ -12,6 +12,9 @@ from gateway.paths import DEFAULT_CONFIG_PATH
 
 from .status import read_status_bytes
 
+# A loop that fires its probe timer this late is past what the handshakes can wait.
+LAG_WARN_MS = 250.0
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, default=None,
@@ -54,7 +57,7 @@ def format_table(doc: dict[str, Any]) -> str:
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"gateway {doc.get('gateway')}  uptime {_age(doc.get('uptime_s'))}"
-             + _ha_and_journal(doc)]
+             + _ha_and_journal(doc) + _loop_lag(doc)]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
               for r in rows]
     # A down tunnel gets its whole reason, in words, on a line of its own.
@@ -69,6 +72,16 @@ def format_table(doc: dict[str, Any]) -> str:
         if a["alarm"] not in ("journal_lost", "control_flood"):  # said just above
             lines.append(f"ALARM {a['alarm']} ({a['severity']}) {a['subject']}: {a['detail']}")
     return "\n".join(lines)
+
+
+def _loop_lag(doc: dict[str, Any]) -> str:
+    """`  loop lag p99 12 ms` (daemon.looplag); past LAG_WARN_MS the gateway is overloaded."""
+    lag = doc.get("loop_lag") or {}
+    if lag.get("p99_ms") is None:
+        return ""
+    text = f"  loop lag p99 {lag['p99_ms']:.0f} ms"
+    return text + (" (OVERLOADED: handshakes wait in line)"
+                   if lag["p99_ms"] >= LAG_WARN_MS else "")
 
 
 def _ha_and_journal(doc: dict[str, Any]) -> str:

@@ -325,6 +325,11 @@ class Telemetry:
                 self.metrics.kme_errors.labels(kme_id, operation, error_kind).inc()
 
     @_guarded
+    def loop_lag(self, lag_s: float) -> None:
+        if self.metrics is not None:
+            self.metrics.loop_lag.observe(lag_s)
+
+    @_guarded
     def qkd_keys_fetched(self, peer_id: str, count: int) -> None:
         if self.metrics is not None:
             self.metrics.qkd_keys.labels(peer_id).inc(count)

@@ -29,6 +29,7 @@ from prometheus_client import (
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,12 @@ class Metrics:
         self.audit_checkpoint_seq = Gauge(
             "qsgw_audit_checkpoint_records",
             "Records covered by the newest signed audit checkpoint",
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "qsgw_event_loop_lag_seconds",
+            "How late the daemon's 0.25 s probe timer fired (daemon.looplag): overload",
+            buckets=_LAG_BUCKETS,
             registry=r,
         )
         self._installed_at: dict[str, float] = {}

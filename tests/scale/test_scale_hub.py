@@ -62,3 +62,6 @@ def test_a_hub_keeps_a_thousand_peers_keyed_without_failure_or_key_reuse(
     assert checks["sighup_log"].endswith("1 added, 0 removed, 0 changed"), checks
     assert checks["peers_in_status_after_sighup"] == PEERS + 1
     assert checks["hub_exit_code"] == 0
+    # The hub says how late its loop runs (4 probes a second, the last minute).
+    lag = result["parts"]["hub_loop_lag_last_minute"]
+    assert lag["samples"] >= 200 and lag["p50_ms"] <= lag["p99_ms"] <= lag["max_ms"], lag
