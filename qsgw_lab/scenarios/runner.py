@@ -115,6 +115,23 @@ class ScenarioRun:
     def label(self, t: Tunnel) -> str:
         return f"{t.a.name}-{t.b.name}"
 
+    def data_plane(self, tunnels: Iterable[Tunnel]) -> str:
+        """Each end's state, sources, tunnel detail (the daemon's view of the last
+        handshake) and WireGuard's bytes in and out (an initiation sent and never
+        answered shows as tx alone), for a failure message."""
+        lines = []
+        for t in tunnels:
+            for side, site, ifname in (("a", t.a, t.if_a), ("b", t.b, t.if_b)):
+                st = self.peer(t, side) or {}
+                wg = "-"
+                if t.kind == "wireguard":
+                    res = self.lab.run(site.name, ["wg", "show", ifname, "transfer"])
+                    wg = " ".join(res.stdout.split()[1:]) or res.stderr.strip()[:200]  # rx tx
+                lines.append(f"{self.label(t)}/{side}: {st.get('state')} epoch {st.get('epoch')} "
+                             f"sources {'+'.join(st.get('sources') or []) or '-'} "
+                             f"{st.get('tunnel_detail')!r}; wg rx/tx: {wg}")
+        return "\n".join(lines)
+
     def ping(self, t: Tunnel, count: int = 1) -> float | None:
         """Round trip in ms through the tunnel (inner addresses), None if lost."""
         source = ["-I", t.ip_a] if t.kind == "ipsec" else []

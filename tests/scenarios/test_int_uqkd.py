@@ -36,21 +36,6 @@ def _states(run: ScenarioRun) -> dict[str, str]:
             for t in run.tunnels.values() for side in ("a", "b")}
 
 
-def _data_plane(run: ScenarioRun, tunnels: tuple[Tunnel, ...]) -> str:
-    """Each end's state, tunnel detail (the daemon's view of the last handshake) and
-    WireGuard's bytes in and out (an initiation sent and never answered shows as tx
-    alone), for a failure message."""
-    lines = []
-    for t in tunnels:
-        for side, site, ifname in (("a", t.a, t.if_a), ("b", t.b, t.if_b)):
-            st = run.peer(t, side) or {}
-            res = run.lab.run(site.name, ["wg", "show", ifname, "transfer"])
-            wg = " ".join(res.stdout.split()[1:]) or res.stderr.strip()[:200]  # rx tx
-            lines.append(f"{run.label(t)}/{side}: {st.get('state')} epoch {st.get('epoch')} "
-                         f"{st.get('tunnel_detail')!r}; wg rx/tx: {wg}")
-    return "\n".join(lines)
-
-
 def _timeline(run: ScenarioRun, passes: Passes, k: int) -> str:
     """The satellite tunnels' epochs and policy changes, in seconds from the end of pass
     k (for a failure message)."""
@@ -96,7 +81,7 @@ def test_int_uqkd_satellite_passes_relay_and_policies(open_run: OpenRun) -> None
             # retry comes REKEY_TIMEOUT (5 s) later: within two retries.
             assert run.sitelab.wait_for(lambda t=t: _state(run, t, "a") == "ok"
                                         and _state(run, t, "b") == "ok", 11), \
-                f"{_states(run)}\n{_data_plane(run, sat)}"
+                f"{_states(run)}\n{run.data_plane(sat)}"
 
         # 2. The pass ends with keys in the store; they are spent between passes.
         time.sleep(max(0.0, passes.end(k) - time.time()))
@@ -133,7 +118,7 @@ def test_int_uqkd_satellite_passes_relay_and_policies(open_run: OpenRun) -> None
         # on handshakes under the random PSK and retries within 5 s; the tunnel
         # stays keyed a while after the pass, as it did after pass k.
         assert run.sitelab.wait_for(carrying, passes.end(k + 1) + 2 - time.time(), 0.3), \
-            f"{_states(run)}\n{_data_plane(run, sat)}"
+            f"{_states(run)}\n{run.data_plane(sat)}"
         print(f"recovered {time.time() - gap_end:.1f} s into pass {k + 2}")
         assert run.wait_ping(bank, 10), "the bank's tunnel carries no traffic after the pass"
         print(f"bank's traffic back {time.time() - gap_end:.1f} s into pass {k + 2}")

@@ -33,7 +33,7 @@ def test_madqci_mesh_shares_a_scarce_hub_fairly(open_run: OpenRun) -> None:
             # ok once the data plane carries the new key's tunnel (a WireGuard
             # handshake retry comes within REKEY_TIMEOUT, 5 s).
             assert run.sitelab.wait_for(lambda t=t: (run.peer(t) or {}).get("state") == "ok",
-                                        10), run.peer(t)
+                                        10), run.data_plane(tunnels)
             st = run.peer(t)
             assert st is not None and "QKD" in st["sources"] and st["state"] == "ok", st
 
