@@ -17,6 +17,9 @@ from typing import Any
 
 PROBE_S = 0.25
 WINDOW_S = 60.0
+# A p99 lag from here on is past what the handshakes can wait: `qsgw status` says
+# OVERLOADED.
+OVERLOADED_MS = 250.0
 
 
 class LoopLag:

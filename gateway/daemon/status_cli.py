@@ -10,10 +10,8 @@ from typing import Any
 
 from gateway.paths import DEFAULT_CONFIG_PATH
 
+from .looplag import OVERLOADED_MS
 from .status import read_status_bytes
-
-# A loop that fires its probe timer this late is past what the handshakes can wait.
-LAG_WARN_MS = 250.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,13 +73,13 @@ def format_table(doc: dict[str, Any]) -> str:
 
 
 def _loop_lag(doc: dict[str, Any]) -> str:
-    """`  loop lag p99 12 ms` (daemon.looplag); past LAG_WARN_MS the gateway is overloaded."""
+    """`  loop lag p99 12 ms` (daemon.looplag); from OVERLOADED_MS, overloaded."""
     lag = doc.get("loop_lag") or {}
     if lag.get("p99_ms") is None:
         return ""
     text = f"  loop lag p99 {lag['p99_ms']:.0f} ms"
     return text + (" (OVERLOADED: handshakes wait in line)"
-                   if lag["p99_ms"] >= LAG_WARN_MS else "")
+                   if lag["p99_ms"] >= OVERLOADED_MS else "")
 
 
 def _ha_and_journal(doc: dict[str, Any]) -> str:
