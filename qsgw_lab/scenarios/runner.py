@@ -147,6 +147,16 @@ class ScenarioRun:
         me, other = (t.a, t.b) if side == "a" else (t.b, t.a)
         return self.sitelab.peer_status(me, other.gateway_id)
 
+    def wait_ok(self, timeout_s: float, tunnels: Iterable[Tunnel] | None = None) -> bool:
+        """Both ends of every tunnel show `ok`. A tunnel's first data-plane handshake
+        reaches `qsgw status` at the daemon's next liveness sample (every 2 s, of a
+        view up to 2 s old), so a state read just after the first ping can still be
+        `pending`."""
+        chosen = list(tunnels) if tunnels is not None else list(self.tunnels.values())
+        return self.sitelab.wait_for(
+            lambda: all((self.peer(t, side) or {}).get("state") == "ok"
+                        for t in chosen for side in ("a", "b")), timeout_s, 0.5)
+
     def epochs_made(self, t: Tunnel) -> int:
         """Epochs installed at both ends (the lower count of the two)."""
         counts = [int((p or {}).get("epochs_made", 0))
