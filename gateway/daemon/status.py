@@ -113,8 +113,11 @@ class StatusServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._accept_task
             self._accept_task = None
-        for task in list(self._clients):
+        clients = list(self._clients)
+        for task in clients:
             task.cancel()
+        # Their `finally` takes the spare again: let it run before the spare is closed.
+        await asyncio.gather(*clients, return_exceptions=True)
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -72,4 +72,4 @@ async def test_the_status_socket_answers_at_the_descriptor_limit(tmp_path: Path)
         for c in clients:
             c.close()
         await server.stop()
-    assert not path.exists()
+    assert not path.exists() and server._spare is None  # its descriptors closed
