@@ -7,12 +7,14 @@ The document holds no key material: epochs, ages, sources, policy state, errors.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import json
 import os
 import socket
 import stat
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ class StatusServer:
         self._accept_task: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()
         self._spare: int | None = None
+        self._sender: _SenderLoop | None = None
         self.accept_errors = 0
         self.spare_used = 0
 
@@ -65,6 +68,7 @@ class StatusServer:
         sock.setblocking(False)
         self._sock = sock
         self._take_spare()
+        self._sender = _SenderLoop()
         self._accept_task = asyncio.create_task(self._accept_loop())
 
     def _take_spare(self) -> None:
@@ -97,14 +101,18 @@ class StatusServer:
             task.add_done_callback(self._clients.discard)
 
     async def _serve(self, conn: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+        handed_over = False
         try:
             document = await self._provider() + b"\n"
-            await asyncio.wait_for(loop.sock_sendall(conn, document), SEND_TIMEOUT_S)
+            assert self._sender is not None
+            sent = self._sender.send(conn, document)
+            handed_over = True  # the sender closes it, also when this is cancelled
+            await asyncio.wrap_future(sent)
         except (OSError, TimeoutError):
             pass
         finally:
-            conn.close()
+            if not handed_over:
+                conn.close()
             self._take_spare()
 
     async def stop(self) -> None:
@@ -118,6 +126,9 @@ class StatusServer:
             task.cancel()
         # Their `finally` takes the spare again: let it run before the spare is closed.
         await asyncio.gather(*clients, return_exceptions=True)
+        if self._sender is not None:
+            await self._sender.close()
+            self._sender = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -126,6 +137,50 @@ class StatusServer:
             self._spare = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+class _SenderLoop:
+    """A second event loop, in its own thread, that writes the documents out.
+
+    10,000 peers are ~8 MB of JSON and a socket buffer takes ~200 KB: written by the
+    daemon's loop, each refill waited a whole turn of a busy loop (seconds in all).
+    This loop has nothing else to do, and each client still has its own deadline, so
+    one that stops reading holds up no other.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="status-send",
+                                        daemon=True)
+        self._thread.start()
+
+    def send(self, conn: socket.socket, document: bytes) -> concurrent.futures.Future[None]:
+        """Write `document` to `conn`, then close it (cancelling the future closes it too)."""
+        return asyncio.run_coroutine_threadsafe(_send_and_close(conn, document), self._loop)
+
+    async def close(self) -> None:
+        """Cancel the sends in progress (each closes its connection), then end the thread."""
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_cancel_all(), self._loop))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join)
+        self._loop.close()
+
+
+async def _send_and_close(conn: socket.socket, document: bytes) -> None:
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(conn, document),
+                               SEND_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        pass  # the client went away or stopped reading
+    finally:
+        conn.close()
+
+
+async def _cancel_all() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def read_status_bytes(path: Path, timeout_s: float = 5.0) -> bytes:
