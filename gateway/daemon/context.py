@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +16,7 @@ from gateway.telemetry import Telemetry
 
 from .commits import GroupCommitter, ThreadCommitter
 from .keysupply import KeySupply
-
-MAX_CONCURRENT_INITIATIONS = 32
+from .slots import InitiationSlots
 
 
 @dataclass
@@ -34,10 +32,8 @@ class DaemonContext:
     committer: GroupCommitter | ThreadCommitter | None = None
     # How many sessions the daemon runs (liveness samples less often with thousands).
     peer_count: int = 0
-    # Outgoing handshakes at once: a hub that starts thousands of sessions keys them
-    # in a steady stream instead of timing out under its own burst.
-    initiations: asyncio.Semaphore = field(
-        default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_INITIATIONS), repr=False)
+    # Outgoing handshakes at once, and whether any wait for a slot (slots.py).
+    initiations: InitiationSlots = field(default_factory=InitiationSlots, repr=False)
     # Static McEliece keys (0.5-1 MB) read once, not per session: by file and pin.
     _static_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 

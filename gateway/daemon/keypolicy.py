@@ -89,3 +89,10 @@ def jittered_interval(interval_s: float, first: bool, rng: random.Random | None 
     healthy tunnel within its key budget (KeyBudget)."""
     r = rng or random
     return interval_s * (r.uniform(0.1, 1.0) if first else r.uniform(1.0, 1.1))
+
+
+def first_rekey_hold(interval_s: float, key_lifetime_s: float) -> float:
+    """The longest a session keyed in a boot's queue waits for the queue to drain before
+    it draws its first rekey (jittered_interval, first): the first rekey then still
+    comes while at least one interval of the key's lifetime is left for retries."""
+    return max(0.0, min(interval_s, key_lifetime_s - 2 * interval_s))

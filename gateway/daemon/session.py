@@ -1,11 +1,9 @@
 """One peer's session: drives the handshake state machine, installs keys, applies policy.
 
-The initiating side rekeys on the interval and retries failures with exponential
-backoff and jitter (keypolicy); the responding side answers INITs dispatched by
-the control server. Both watch the key's lifetime: under `required`, a key that
-expires with no fresh one behind it blocks the tunnel (fail closed); under
-`preferred`/`off` the tunnel keeps its last key and the state says it is stale
-(watch).
+The initiator rekeys on the interval and retries failures with backoff and jitter
+(keypolicy); the responder answers INITs dispatched by the control server. Both watch
+the key's lifetime: under `required` an expired key with no fresh one behind it blocks
+the tunnel (fail closed); under `preferred`/`off` it keeps its last key, shown stale.
 """
 
 from __future__ import annotations
@@ -206,12 +204,16 @@ class PeerSession(TunnelWatch):
                 if failure.reason == "qkd_unavailable":
                     self._set_scarce(True, "no QKD key for this epoch")
                     base = self._share_scarce_keys(base)
-                # Full jitter in [0.5, 1.0] x base, so two gateways that failed
-                # together do not retry in lockstep.
+                # Full jitter (0.5-1 x base): gateways that failed together retry apart.
                 self.status.next_rekey_mono = time.monotonic() + base * random.uniform(0.5, 1.0)
             else:
+                first = self.status.epochs_made == 1
+                if first and not self._rekey_now.is_set():  # spread after a boot (slots.py)
+                    self.status.next_rekey_mono = None  # not drawn yet
+                    await self.ctx.initiations.drained(keypolicy.first_rekey_hold(
+                        self.peer.rekey_interval_s, self.peer.key_lifetime_s))
                 self.status.next_rekey_mono = time.monotonic() + keypolicy.jittered_interval(
-                    self._rekey_interval(), first=self.status.epochs_made == 1)
+                    self._rekey_interval(), first=first)
                 self._start_supply_check()
             self._publish()
 
@@ -252,8 +254,7 @@ class PeerSession(TunnelWatch):
             return
         if self._supply_task is not None and not self._supply_task.done():
             return
-        self._supply_task = asyncio.create_task(self._check_supply(),
-                                                  name=f"supply:{self.peer.id}")
+        self._supply_task = asyncio.create_task(self._check_supply(), name=f"supply:{self.peer.id}")
 
     async def _check_supply(self) -> None:
         """After an epoch: ask the KME how many keys the link holds (ETSI 014 status).
