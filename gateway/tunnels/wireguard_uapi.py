@@ -40,6 +40,8 @@ HEALTH_MAX_AGE_S = 2.0
 INSTALL_MAX_AGE_S = 5.0
 # ... or this long per peer the interface holds, if longer (uapi_view).
 SNAPSHOT_AGE_PER_PEER_S = 1e-3
+# A listing this long (about 100 peers) is parsed in a thread, off the event loop.
+PARSE_IN_THREAD_LINES = 1000
 
 
 @dataclass(slots=True)
@@ -129,44 +131,54 @@ class UapiClient:
         await self._request(("set=1\n" + "".join(f"{ln}\n" for ln in lines) + "\n").encode())
 
     async def get(self) -> UapiDevice:
-        dev = UapiDevice()
-        peer: UapiPeer | None = None
-        hs_sec = 0
-        for line in await self._request(b"get=1\n\n"):
-            key, sep, value = line.partition("=")
-            if not sep:
-                raise TunnelError(f"{self.ifname}: malformed UAPI line")
-            try:
-                if key == "public_key":
-                    peer = UapiPeer(public_key=bytes.fromhex(value))
-                    dev.peers.append(peer)
-                elif peer is None:
-                    if key == "listen_port":
-                        dev.listen_port = int(value)
-                    elif key == "private_key":
-                        dev.has_private_key = value.strip("0") != ""
-                elif key == "endpoint":
-                    peer.endpoint = value
-                elif key == "allowed_ip":
-                    peer.allowed_ips.append(value)
-                elif key == "persistent_keepalive_interval":
-                    peer.persistent_keepalive_s = int(value)
-                elif key == "last_handshake_time_sec":
-                    hs_sec = int(value)
-                elif key == "last_handshake_time_nsec":
-                    nsec = int(value)
-                    if hs_sec or nsec:
-                        peer.last_handshake_unix = hs_sec + nsec / 1e9
-                elif key == "rx_bytes":
-                    peer.rx_bytes = int(value)
-                elif key == "tx_bytes":
-                    peer.tx_bytes = int(value)
-                elif key == "preshared_key":
-                    peer.has_preshared_key = value.strip("0") != ""
-            except ValueError as exc:
-                # Name the field, never the value (it may be a key).
-                raise TunnelError(f"{self.ifname}: malformed UAPI value for {key}") from exc
-        return dev
+        lines = await self._request(b"get=1\n\n")
+        if len(lines) < PARSE_IN_THREAD_LINES:
+            return _parse_device(self.ifname, lines)
+        # 10,000 peers are 100,000 lines and ~75 ms of Python: in a thread, the loop
+        # gets the interpreter back every few ms instead of stalling every handshake.
+        return await asyncio.to_thread(_parse_device, self.ifname, lines)
+
+
+def _parse_device(ifname: str, lines: list[str]) -> UapiDevice:
+    dev = UapiDevice()
+    peer: UapiPeer | None = None
+    hs_sec = 0
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise TunnelError(f"{ifname}: malformed UAPI line")
+        try:
+            if key == "public_key":
+                peer = UapiPeer(public_key=bytes.fromhex(value))
+                dev.peers.append(peer)
+            elif peer is None:
+                if key == "listen_port":
+                    dev.listen_port = int(value)
+                elif key == "private_key":
+                    dev.has_private_key = value.strip("0") != ""
+            elif key == "endpoint":
+                peer.endpoint = value
+            elif key == "allowed_ip":
+                peer.allowed_ips.append(value)
+            elif key == "persistent_keepalive_interval":
+                peer.persistent_keepalive_s = int(value)
+            elif key == "last_handshake_time_sec":
+                hs_sec = int(value)
+            elif key == "last_handshake_time_nsec":
+                nsec = int(value)
+                if hs_sec or nsec:
+                    peer.last_handshake_unix = hs_sec + nsec / 1e9
+            elif key == "rx_bytes":
+                peer.rx_bytes = int(value)
+            elif key == "tx_bytes":
+                peer.tx_bytes = int(value)
+            elif key == "preshared_key":
+                peer.has_preshared_key = value.strip("0") != ""
+        except ValueError as exc:
+            # Name the field, never the value (it may be a key).
+            raise TunnelError(f"{ifname}: malformed UAPI value for {key}") from exc
+    dev.peer(b"")  # its index by key, built here (in the thread, for a long listing)
+    return dev
 
 
 class WireGuardUapiDriver:

@@ -13,7 +13,12 @@ import pytest
 
 from gateway.tunnels.base import TunnelDriver, TunnelError
 from gateway.tunnels.wireguard_common import make_wireguard_driver
-from gateway.tunnels.wireguard_uapi import UAPI_SOCKET_DIR, WireGuardUapiDriver
+from gateway.tunnels.wireguard_uapi import (
+    PARSE_IN_THREAD_LINES,
+    UAPI_SOCKET_DIR,
+    UapiClient,
+    WireGuardUapiDriver,
+)
 from qsgw_lab.netns import NetnsLab
 
 from .conftest import (
@@ -228,3 +233,34 @@ async def test_ipv6_underlay_endpoint(lab: NetnsLab, sites: tuple[Site, Site]) -
     finally:
         for d in drivers:
             await d.stop(keep_tunnel=False)
+
+
+async def test_a_hub_sized_listing_parses_as_wg_shows_it(
+    lab: NetnsLab, sites: tuple[Site, Site], started: tuple[WireGuardUapiDriver, ...],
+) -> None:
+    """A listing past PARSE_IN_THREAD_LINES is parsed off the loop, with the same result."""
+    site = sites[0]
+    uapi = UapiClient(site.settings.interface, timeout_s=10)
+    extra = 300
+    lines: list[str] = []
+    for i in range(extra):
+        lines += [f"public_key={secrets.token_bytes(32).hex()}",
+                  f"preshared_key={secrets.token_bytes(32).hex()}" if i % 2 else "",
+                  f"allowed_ip=198.51.{i // 250}.{i % 250}/32",
+                  f"persistent_keepalive_interval={i % 30}"]
+    await uapi.set([ln for ln in lines if ln])
+    dev = await uapi.get()
+    raw = await uapi._request(b"get=1\n\n")
+    assert len(raw) >= PARSE_IN_THREAD_LINES  # the threaded path
+    # What the real tool reads from the same interface.
+    ips = wg_show(lab, site.ns, site.settings.interface, "allowed-ips")
+    keepalive = wg_show(lab, site.ns, site.settings.interface, "persistent-keepalive")
+    psks = wg_show(lab, site.ns, site.settings.interface, "preshared-keys")
+    assert len(dev.peers) == len(ips) == extra + 1
+    for peer in dev.peers:
+        key = b64(peer.public_key)
+        assert " ".join(peer.allowed_ips) == ips[key].replace("(none)", "")
+        assert peer.persistent_keepalive_s == (0 if keepalive[key] == "off"
+                                               else int(keepalive[key]))
+        assert peer.has_preshared_key == (psks[key] != "(none)")
+        assert dev.peer(peer.public_key) is peer
