@@ -116,6 +116,7 @@ bench: setup
 	$(PY) bench/rekey.py --save bench/results/rekey.json
 	@if [ -f bench/ipsec.py ]; then $(PY) bench/ipsec.py --save bench/results/ipsec.json; fi
 	$(PY) bench/ha.py --save bench/results/ha.json
+	$(PY) bench/status.py --save bench/results/status.json
 
 clean:
 	rm -rf .venv $(STAMPS) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
