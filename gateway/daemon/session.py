@@ -208,13 +208,13 @@ class PeerSession(TunnelWatch):
                 self.status.next_rekey_mono = time.monotonic() + base * random.uniform(0.5, 1.0)
             else:
                 first = self.status.epochs_made == 1
+                self._start_supply_check()  # before the hold: a boot's checks stay spread
                 if first and not self._rekey_now.is_set():  # spread after a boot (slots.py)
-                    self.status.next_rekey_mono = None  # not drawn yet
+                    self.status.next_rekey_mono = None  # drawn after (scarce: as a later one)
                     await self.ctx.initiations.drained(keypolicy.first_rekey_hold(
                         self.peer.rekey_interval_s, self.peer.key_lifetime_s))
                 self.status.next_rekey_mono = time.monotonic() + keypolicy.jittered_interval(
-                    self._rekey_interval(), first=first)
-                self._start_supply_check()
+                    self._rekey_interval(), first=first and not self.status.qkd_scarce)
             self._publish()
 
     def _budget_wait(self) -> float:
